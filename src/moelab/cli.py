@@ -1,0 +1,136 @@
+"""`moelab <stage>`: each stage reads params.yaml; flags pick one cell of the study."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_params, resolve_run
+
+
+def _cell_args(p: argparse.ArgumentParser) -> None:
+    """Flags naming one run; any left out fall back to the scalar keys of params.yaml."""
+    p.add_argument("--task")
+    p.add_argument("--router")
+    p.add_argument("--gate", help="a name under gate_presets (sets norm and top_k)")
+    p.add_argument("--model", help="a model-size preset of the task")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dense", action="store_true", help="the dense baseline instead of an MoE")
+    p.add_argument("--params", default="params.yaml")
+
+
+def _run(args):
+    params = load_params(args.params)
+    return params, resolve_run(params, task=args.task, router=args.router, gate=args.gate,
+                               model=args.model, seed=args.seed, dense=args.dense)
+
+
+def cmd_prepare(args) -> None:
+    from .data.prepare import prepare
+    params = load_params(args.params)
+    task = args.task or params.task
+    stats = prepare(task, params.task_params(task).data, args.out or f"data/prepared/{task}")
+    print(f"prepared {task}: {stats}")
+
+
+def cmd_train(args) -> None:
+    from .train import train
+    _, run = _run(args)
+    out = Path(args.metrics_dir)
+    metrics = train(run, args.data_dir or f"data/prepared/{run.task}", args.models_dir, out / "train.json",
+                    live_dir=out / "live", progress=not args.quiet, stop_after=args.stop_after)
+    print(f"trained {run.task}/{run.name}/s{run.seed}: best val loss {metrics['best_val_loss']:.4f} "
+          f"in {metrics['wall_s']:.1f}s")
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import evaluate
+    _, run = _run(args)
+    out = Path(args.metrics_dir)
+    m = evaluate(run, args.data_dir or f"data/prepared/{run.task}", args.models_dir, out / "eval.json",
+                 out / "samples.md", progress=not args.quiet)
+    headline = {k: round(v, 4) for k, v in m.items() if isinstance(v, float) and not k.startswith("_")}
+    print(f"evaluated {run.task}/{run.name}/s{run.seed}: {headline}")
+
+
+def cmd_benchmark(args) -> None:
+    from .benchmark import benchmark
+    params, run = _run(args)
+    m = benchmark(run, args.data_dir or f"data/prepared/{run.task}", args.out, params.benchmark)
+    print(f"benchmark {run.task}/{run.name}: {m['params_total']} params ({m['params_active']} active), "
+          f"{m['flops_per_token']:.3g} FLOPs/token, forward {m['forward_ms']:.2f} ms")
+
+
+def cmd_report(args) -> None:
+    from .report import report
+    load_params(args.params)
+    summary = report(args.metrics, args.plots)
+    print(f"report: {sum(len(v) for v in summary.values())} variants in {args.metrics}/summary.md")
+
+
+def cmd_check(args) -> None:
+    params = load_params(args.params)
+    print(f"params OK: study {params.tasks} x {params.routers} x {params.gates} x {params.models} x seeds {params.seeds}")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="moelab", description=__doc__)
+    sub = ap.add_subparsers(dest="stage", required=True)
+    p = sub.add_parser("prepare", help="split a corpus, train a tokenizer, write token ids")
+    p.add_argument("--task")
+    p.add_argument("--out")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(fn=cmd_prepare)
+    for name, fn, help_ in (("train", cmd_train, "train one run (resumes from its latest checkpoint)"),
+                            ("evaluate", cmd_evaluate, "evaluate one trained run")):
+        p = sub.add_parser(name, help=help_)
+        _cell_args(p)
+        p.add_argument("--models-dir", required=True)
+        p.add_argument("--metrics-dir", required=True)
+        p.add_argument("--data-dir")
+        p.add_argument("--quiet", action="store_true")
+        if name == "train":
+            p.add_argument("--stop-after", type=int, help="stop after this many steps (checkpointed; for tests)")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("benchmark", help="parameters, FLOPs, latency and memory of one variant")
+    _cell_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-dir")
+    p.set_defaults(fn=cmd_benchmark)
+    p = sub.add_parser("report", help="aggregate metrics into metrics/summary.{json,md} and plots/")
+    p.add_argument("--metrics", default="metrics")
+    p.add_argument("--plots", default="plots")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("check", help="validate params.yaml")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(fn=cmd_check)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except Exception as err:   # noqa: BLE001 - one clear line for the errors we know how to explain
+        if not _known(err):
+            raise
+        print(f"moelab {args.stage}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _known(err: Exception) -> bool:
+    from .checkpoint import CheckpointError
+    from .train import NonFiniteLoss
+    known = (ConfigError, CheckpointError, NonFiniteLoss, FileNotFoundError)
+    try:
+        from .data.corpora import DataError
+        known += (DataError,)
+    except ImportError:
+        pass
+    return isinstance(err, known)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Models: decoder LM, Switch seq2seq with moelab routing, encoder classifier."""

@@ -1,0 +1,76 @@
+"""Decoder-only language model (nanoGPT-shaped) with MoE FFNs."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from ..config import RunConfig
+from .blocks import Block, MoEModelMixin, build_ffns
+
+IGNORE = -100   # target id excluded from the loss (padding)
+
+
+class DecoderLM(nn.Module, MoEModelMixin):
+    def __init__(self, vocab_size: int, max_len: int, run: RunConfig):
+        super().__init__()
+        p = run.preset
+        self.max_len = max_len
+        self.tok_emb = nn.Embedding(vocab_size, p.d_model)
+        self.pos_emb = nn.Embedding(max_len, p.d_model)
+        ffns = build_ffns(p.n_layers, p.d_model, run.dense_d_ff, p.activation, run.moe, p.moe_every)
+        self.blocks = nn.ModuleList(Block(p.d_model, p.n_heads, p.dropout, True, f) for f in ffns)
+        self.ln_f = nn.LayerNorm(p.d_model)
+        self.head = nn.Linear(p.d_model, vocab_size, bias=False)
+        self.head.weight = self.tok_emb.weight          # tied embeddings
+        self.apply(_init)
+
+    def forward(self, ids: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ids: [B, T] -> logits [B, T, V]. Causal: position t sees positions <= t only."""
+        t = ids.shape[1]
+        x = self.tok_emb(ids) + self.pos_emb(torch.arange(t, device=ids.device))
+        for block in self.blocks:
+            x = block(x, token_mask)
+        return self.head(self.ln_f(x))
+
+    def loss(self, batch: dict, forward=None) -> tuple[torch.Tensor, dict]:
+        """Mean next-token cross-entropy over non-padding targets (IGNORE marks padding).
+
+        batch: input_ids [B, T], targets [B, T]. `forward`: the callable to run (a DDP wrapper), default self.
+        """
+        ids, targets = batch["input_ids"], batch["targets"]
+        logits = (forward or self)(ids, targets != IGNORE)
+        ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+        n = int((targets != IGNORE).sum())
+        return ce, {"tokens": n}
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        for _ in range(new_tokens):
+            logits = self.forward(ids[:, -self.max_len:])[:, -1].float()
+            if temperature <= 0:
+                nxt = logits.argmax(-1, keepdim=True)
+            else:
+                probs = torch.softmax(filter_logits(logits / temperature, top_k, top_p), -1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
+            ids = torch.cat([ids, nxt], 1)
+        return ids
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Keep the top_k most likely tokens, then the smallest set whose probability reaches top_p."""
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p          # tokens after the nucleus is complete
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def _init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)

@@ -1,0 +1,68 @@
+"""The MoE layer: router -> normaliser -> selection (+bias) -> capacity -> dispatch -> combine."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .balancing import SelectionBias, router_z_loss, switch_aux_loss
+from .capacity import apply_capacity
+from .config import MoEConfig
+from .experts import GroupedExperts, dispatch_combine
+from .normalisers import build_normaliser
+from .routers import build_router
+from .selection import build_selection
+from .stats import RoutingStats, routing_entropy_sum
+
+
+class MoELayer(nn.Module):
+    """Sparse MoE feed-forward block. forward(x [B, T, d], token_mask [B, T] bool) -> [B, T, d].
+
+    After each forward, `balancing_loss` holds this layer's weighted aux + z loss (a scalar tensor)
+    and `last_stats` its RoutingStats. Padding tokens (token_mask False) are not routed, not
+    computed, and not counted in losses or statistics.
+    """
+
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.router = build_router(cfg)
+        self.normaliser = build_normaliser(cfg.norm)
+        self.selection = build_selection(cfg.top_k, cfg.renormalize)
+        self.selection_bias = SelectionBias(cfg.n_experts, cfg.bias_update_rate)
+        self.experts = GroupedExperts(cfg.n_experts, cfg.d_model, cfg.d_ff, cfg.activation)
+        self.balancing_loss = torch.zeros(())
+        self.last_stats = RoutingStats()
+
+    def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, d = x.shape
+        flat = x.reshape(b * t, d)
+        group = torch.arange(b, device=x.device).repeat_interleave(t)       # [N] sequence of each token
+        real = torch.arange(b * t, device=x.device) if token_mask is None else token_mask.reshape(-1).nonzero().squeeze(1)
+        h, group = flat[real], group[real]                                  # [N, d] real tokens only
+
+        with torch.autocast(device_type=x.device.type, enabled=False):     # routing in float32
+            scores = self.router(h.float())                                  # [N, E]
+            weights = self.normaliser(scores)                                # [N, E]
+        bias = self.selection_bias.bias if self.cfg.bias_update_rate > 0 else None
+        slots = self.selection(weights, bias)
+        self.selection_bias.record(slots.expert)
+        n_selected = slots.token.numel()
+        kept, n_dropped = apply_capacity(slots, group, self.cfg.n_experts,
+                                         self.cfg.capacity_factor, self.cfg.capacity_policy)
+
+        out, tokens_per_expert = dispatch_combine(h, kept.token, kept.expert, kept.weight,
+                                                  self.experts, self.cfg.n_experts)
+        self.balancing_loss = self._balancing_loss(scores, weights, slots.expert)
+        self.last_stats = RoutingStats(float(h.shape[0]), float(n_selected), float(n_dropped),
+                                       routing_entropy_sum(weights), tokens_per_expert.detach().cpu())
+        full = torch.zeros_like(flat).index_copy_(0, real, out.to(flat.dtype))
+        return full.reshape(b, t, d)
+
+    def _balancing_loss(self, scores, weights, selected_expert) -> torch.Tensor:
+        loss = scores.new_zeros(())
+        if self.cfg.aux_loss_coef > 0 and scores.shape[0]:
+            loss = loss + self.cfg.aux_loss_coef * switch_aux_loss(weights, selected_expert, self.cfg.n_experts)
+        if self.cfg.z_loss_coef > 0 and scores.shape[0]:
+            loss = loss + self.cfg.z_loss_coef * router_z_loss(scores)
+        return loss

@@ -1,0 +1,47 @@
+"""Routing statistics, accumulated as sums over batches so they can be merged and all-reduced."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class RoutingStats:
+    tokens: float = 0.0                 # real (non-padding) tokens routed
+    slots_selected: float = 0.0         # token->expert slots chosen by selection
+    slots_dropped: float = 0.0          # of those, dropped by expert capacity
+    entropy_sum: float = 0.0            # sum over tokens of -sum_i p_i log p_i of the router weights
+    tokens_per_expert: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [E] computed slots
+
+    def __iadd__(self, other: "RoutingStats") -> "RoutingStats":
+        self.tokens += other.tokens
+        self.slots_selected += other.slots_selected
+        self.slots_dropped += other.slots_dropped
+        self.entropy_sum += other.entropy_sum
+        if self.tokens_per_expert.numel() == 0:
+            self.tokens_per_expert = other.tokens_per_expert.clone()
+        else:
+            self.tokens_per_expert = self.tokens_per_expert + other.tokens_per_expert
+        return self
+
+    def summary(self) -> dict:
+        load = self.tokens_per_expert.double()
+        mean = load.mean().item() if load.numel() else 0.0
+        cv = (load.std(unbiased=False).item() / mean) if mean > 0 else 0.0
+        tokens = max(self.tokens, 1.0)
+        return {
+            "tokens": self.tokens,
+            "tokens_per_expert": [int(v) for v in load.tolist()],
+            "expert_share": [v / max(load.sum().item(), 1.0) for v in load.tolist()],
+            "load_cv": cv,
+            "routing_entropy": self.entropy_sum / tokens,
+            "dropped_fraction": self.slots_dropped / max(self.slots_selected, 1.0),
+            "experts_per_token": (self.slots_selected - self.slots_dropped) / tokens,
+        }
+
+
+def routing_entropy_sum(weights: torch.Tensor) -> float:
+    """sum over tokens of the entropy of each token's weights [N, E] (0 log 0 = 0)."""
+    w = weights.detach().float()
+    return float(-(w * torch.where(w > 0, w.log(), torch.zeros_like(w))).sum())

@@ -1,0 +1,113 @@
+"""Language modelling: random windows of the token stream for training, every window for evaluation."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..config import RunConfig
+from ..data.tokenizer import load_tokenizer, special_id
+from ..models.lm import IGNORE, DecoderLM
+
+
+class LMTask:
+    name = "lm"
+    quality_metric = "test_ppl"
+
+    def __init__(self, run: RunConfig, data_dir: Path):
+        self.run, self.data_dir = run, data_dir
+        self.tokenizer = load_tokenizer(data_dir / "tokenizer.json")
+        self.vocab_size = self.tokenizer.get_vocab_size()
+        self.eos = special_id(self.tokenizer, "<eos>")
+        self.pad = special_id(self.tokenizer, "<pad>")
+        self.seq_len = run.data.seq_len
+        self._streams: dict[str, torch.Tensor] = {}
+
+    def stream(self, split: str) -> torch.Tensor:
+        if split not in self._streams:
+            path = self.data_dir / f"{split}.npy"
+            if not path.exists():
+                raise FileNotFoundError(f"{path} not found: run the prepare stage first")
+            ids = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.int64))
+            if ids.numel() < 2:
+                raise ValueError(f"{path} holds {ids.numel()} tokens: the {split} split is empty")
+            self._streams[split] = ids
+        return self._streams[split]
+
+    def build_model(self) -> DecoderLM:
+        return DecoderLM(self.vocab_size, self.seq_len, self.run)
+
+    def train_batch(self, generator: torch.Generator, batch_size: int) -> dict:
+        """batch_size random windows of seq_len + 1 tokens; the draw advances `generator` (resumable)."""
+        ids = self.stream("train")
+        span = min(self.seq_len + 1, ids.numel())
+        starts = torch.randint(0, ids.numel() - span + 1, (batch_size,), generator=generator)
+        windows = torch.stack([ids[s:s + span] for s in starts.tolist()])
+        return {"input_ids": windows[:, :-1], "targets": windows[:, 1:]}
+
+    def eval_batches(self, split: str, batch_size: int, max_batches: int | None = None) -> Iterator[dict]:
+        """Non-overlapping windows covering the split once; the last is right-padded (padding targets = IGNORE)."""
+        ids = self.stream(split)
+        n_windows = (ids.numel() - 1 + self.seq_len - 1) // self.seq_len
+        for b, first in enumerate(range(0, n_windows, batch_size)):
+            if max_batches is not None and b >= max_batches:
+                return
+            rows = range(first, min(first + batch_size, n_windows))
+            inputs = torch.full((len(rows), self.seq_len), self.pad, dtype=torch.long)
+            targets = torch.full((len(rows), self.seq_len), IGNORE, dtype=torch.long)
+            for r, w in enumerate(rows):
+                chunk = ids[w * self.seq_len: w * self.seq_len + self.seq_len + 1]
+                inputs[r, :chunk.numel() - 1] = chunk[:-1]
+                targets[r, :chunk.numel() - 1] = chunk[1:]
+            yield {"input_ids": inputs, "targets": targets}
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, model, collector, progress: bool = True) -> tuple[dict, str]:
+        """Token-weighted perplexity on validation and test; routing stats on test; samples."""
+        from tqdm.auto import tqdm
+        from ..flops import decoder_flops_per_token
+
+        ev = self.run.evaluate
+        metrics = {}
+        for split, short in (("validation", "val"), ("test", "test")):
+            batches = self.eval_batches(split, ev.batch_size, ev.max_batches)
+            nll, tokens = 0.0, 0
+            ctx = collector.collecting() if split == "test" else nullcontext()
+            with ctx:
+                for batch in tqdm(batches, desc=f"eval {split}", disable=not progress, mininterval=1.0):
+                    loss, info = model.loss(batch)
+                    nll += loss.item() * info["tokens"]
+                    tokens += info["tokens"]
+            metrics[f"{short}_loss"] = nll / max(tokens, 1)
+            metrics[f"{short}_ppl"] = float(torch.tensor(metrics[f"{short}_loss"]).exp())
+            metrics[f"{short}_tokens"] = tokens
+        routing = collector.summary()
+        realised = [l["experts_per_token"] for l in routing["layers"]] or None
+        metrics["flops_per_token"] = decoder_flops_per_token(self.run, self.vocab_size, self.seq_len, realised)["total"]
+        metrics.update(routing)
+        return metrics, self.samples(model)
+
+    def samples(self, model) -> str:
+        ev = self.run.evaluate
+        gen = torch.Generator().manual_seed(self.run.seed)
+        ids = self.stream("test")
+        lines = [f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}",
+                 f"temperature {ev.temperature}, top-k {ev.top_k}, top-p {ev.top_p}\n"]
+        prompt_len = 8
+        for i in range(ev.samples):
+            start = (i * 997) % max(1, ids.numel() - prompt_len)
+            prompt = ids[start:start + prompt_len].unsqueeze(0)
+            out = model.generate(prompt, ev.sample_tokens, ev.temperature, ev.top_k, ev.top_p, gen)[0].tolist()
+            lines.append(f"## Sample {i + 1}\n**prompt:** {self.decode(prompt[0].tolist())!r}\n\n"
+                         f"```\n{self.decode(out)}\n```\n")
+        return "\n".join(lines)
+
