@@ -159,6 +159,8 @@ class RunConfig:
     """Everything one training/evaluation run needs, fully resolved."""
     task: str
     name: str                     # variant name, e.g. attention-sparsemax-e16 or dense
+    gating: str                   # router-gate, e.g. attention-sparsemax, or dense
+    model: str                    # model-size preset name (for dense: the preset it matches)
     seed: int
     preset: ModelPreset
     moe: MoEConfig | None         # None: dense baseline
@@ -187,7 +189,7 @@ def resolve_run(params: Params, *, task: str | None = None, router: str | None =
     seed = params.seed if seed is None else seed
     if dense:
         preset = _preset(tp, params.dense.model, task, "dense.model")
-        return RunConfig(task, "dense", seed, preset, None, params.dense.top_k * preset.d_ff,
+        return RunConfig(task, "dense", "dense", params.dense.model, seed, preset, None, params.dense.top_k * preset.d_ff,
                          tp.data, tp.train, tp.evaluate)
     router = router or params.router
     if gate is not None:
@@ -203,8 +205,8 @@ def resolve_run(params: Params, *, task: str | None = None, router: str | None =
         moe.validate(where="params")
     except ValueError as err:
         raise ConfigError(f"params.yaml: {err}".replace("params.n_experts", f"{task}.models.{model}.n_experts")) from None
-    name = f"{router}-{gate or gate_name(params, norm, top_k)}-{model}"
-    return RunConfig(task, name, seed, preset, moe, preset.d_ff, tp.data, tp.train, tp.evaluate)
+    gating = f"{router}-{gate or gate_name(params, norm, top_k)}"
+    return RunConfig(task, f"{gating}-{model}", gating, model, seed, preset, moe, preset.d_ff, tp.data, tp.train, tp.evaluate)
 
 
 def _preset(tp: TaskParams, model: str, task: str, key: str) -> ModelPreset:
