@@ -29,11 +29,11 @@ def decoder_flops_per_token(run: RunConfig, vocab_size: int, context: int,
     """
     p, d = run.preset, run.preset.d_model
     moe_blocks = moe_block_indices(run)
-    if experts_per_token is None:
+    if experts_per_token is None and moe_blocks:
         experts_per_token = [expected_experts_per_token(run)] * len(moe_blocks)
     attention = p.n_layers * (2 * d * 3 * d + 2 * d * d + 2 * 2 * context * d)  # qkv, out, QK^T and AV (full T x T)
     dense_ffn = (p.n_layers - len(moe_blocks)) * 2 * 2 * d * run.dense_d_ff
-    expert_ffn = sum(k * 2 * 2 * d * p.d_ff for k in experts_per_token)
+    expert_ffn = sum(k * 2 * 2 * d * p.d_ff for k in experts_per_token or [])
     router = 0
     if moe_blocks:
         per_router = 2 * d * run.moe.n_experts + (2 * d * d if run.moe.router == "attention" else 0)
