@@ -10,7 +10,7 @@ import torch
 
 from .config import BenchmarkParams, RunConfig
 from .evaluate import StatsCollector
-from .flops import decoder_flops_per_token, moe_block_indices
+from .flops import moe_block_indices
 from .io import write_metrics
 from .tasks import build_task
 
@@ -64,11 +64,11 @@ def benchmark(run: RunConfig, data_dir: str | Path, metrics_path: str | Path, bp
     train_s = _timed(train_step, bp.warmup, bp.repeats, device)
 
     context = batch["input_ids"].shape[1]
-    flops = decoder_flops_per_token(run, task.vocab_size, context)
+    flops = task.flops_per_token(None, context)
     metrics = {
         **parameter_counts(model, run, realised if run.moe else []),
         "flops_per_token": flops["total"],
-        "flops_per_token_realised": decoder_flops_per_token(run, task.vocab_size, context, realised or None)["total"],
+        "flops_per_token_realised": task.flops_per_token(realised or None, context)["total"],
         "flops_breakdown": flops,
         "moe_blocks": len(moe_block_indices(run)),
         "forward_ms": forward_s * 1e3,

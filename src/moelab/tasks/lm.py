@@ -74,8 +74,6 @@ class LMTask:
     def evaluate(self, model, collector, progress: bool = True) -> tuple[dict, str]:
         """Token-weighted perplexity on validation and test; routing stats on test; samples."""
         from tqdm.auto import tqdm
-        from ..flops import decoder_flops_per_token
-
         ev = self.run.evaluate
         metrics = {}
         for split, short in (("validation", "val"), ("test", "test")):
@@ -92,9 +90,14 @@ class LMTask:
             metrics[f"{short}_tokens"] = tokens
         routing = collector.summary()
         realised = [l["experts_per_token"] for l in routing["layers"]] or None
-        metrics["flops_per_token"] = decoder_flops_per_token(self.run, self.vocab_size, self.seq_len, realised)["total"]
+        metrics["flops_per_token"] = self.flops_per_token(realised)["total"]
         metrics.update(routing)
         return metrics, self.samples(model)
+
+    def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None) -> dict:
+        """Analytic forward FLOPs per token; experts_per_token: realised per MoE block (default k or E)."""
+        from ..flops import decoder_flops_per_token
+        return decoder_flops_per_token(self.run, self.vocab_size, context or self.seq_len, experts_per_token)
 
     def samples(self, model) -> str:
         ev = self.run.evaluate
