@@ -1,23 +1,13 @@
 """End to end: `dvc repro`, `dvc exp run -S router=attention`, `dvc metrics diff` in a fresh git repo."""
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny(params: dict) -> dict:
-    params.update(tasks=["lm"], routers=["linear"], gates=["softmax-top2"], models=["e8"], seeds=[0])
-    params["lm"]["data"].update(max_records=40, vocab_size=300, seq_len=32)
-    params["lm"]["train"].update(steps=6, batch_size=4, eval_every=3, eval_batches=2, checkpoint_every=3, warmup_steps=2)
-    params["lm"]["evaluate"].update(max_batches=2, samples=1, sample_tokens=8)
-    params["benchmark"].update(batch_size=2, repeats=1, warmup=1)
-    return params
+from labrepo import make_lab
 
 
 def sh(cmd: str, cwd: Path) -> str:
@@ -30,16 +20,7 @@ def sh(cmd: str, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("lab")
-    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(ROOT / "data" / "corpora", repo / "data" / "corpora")
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
-    params = tiny(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("git init -q && dvc init -q && dvc config core.analytics false && dvc config core.check_update false", repo)
-    sh("git add -A && git commit -qm init", repo)
-    return repo
+    return make_lab(tmp_path_factory.mktemp("lab"), sh)
 
 
 def test_repro_writes_metrics_for_every_variant(lab):
@@ -50,6 +31,11 @@ def test_repro_writes_metrics_for_every_variant(lab):
         cell = summary["lm"][gating]["e8"]
         assert cell["test_ppl"]["n"] == 1 and cell["test_ppl"]["mean"] > 1
     assert (lab / "metrics" / "summary.md").read_text().count("| linear-softmax-top2 | e8 |") == 1
+    figures = json.loads(sh("dvc plots show --json", lab))["data"]
+    for name in ("loss_curves", "quality_flops", "expert_load", "experts_per_token"):
+        png = lab / "plots" / f"lm_{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plots/lm_{name}.png" in figures
+    assert any(k.endswith("/live/plots/metrics/train/loss.tsv") for k in figures)   # DVCLive curves
     assert "is up to date" in sh("dvc repro", lab) or "didn't change" in sh("dvc repro", lab)
     sh("git add -A && git commit -qm baseline", lab)
 

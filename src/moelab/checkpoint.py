@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,23 +28,62 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found: train this variant first (dvc repro)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)   # never unpickles arbitrary objects
     except Exception as err:   # truncated, tampered or not a checkpoint at all
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} is unreadable ({first}): delete it and re-run training") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({_why(err)}): restore it from DVC "
+                              f"(dvc checkout) or delete it and re-run training") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"checkpoint {path} is unreadable (not a moelab checkpoint: no model weights): "
+                              "restore it from DVC (dvc checkout) or delete it and re-run training")
+    return state
+
+
+def _why(err: Exception) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+)", text)
+        return ("it holds objects other than tensors and plain values, which are refused because unpickling "
+                f"them could run code{': ' + found.group(1) if found else ''}")
+    if "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
+        return "truncated or not a torch checkpoint"
+    return text[:160] or type(err).__name__
 
 
 def config_fingerprint(config: dict) -> str:
     return json.dumps(config, sort_keys=True, default=str)
 
 
-def load_model_state(model: torch.nn.Module, state: dict, path: str | Path, config: dict | None = None) -> None:
-    """Load weights, explaining a checkpoint that belongs to another model size or variant."""
-    if config is not None and state.get("config") != config_fingerprint(config):
-        theirs = json.loads(state["config"]) if state.get("config") else {}
-        diff = sorted(k for k in set(theirs) | set(config) if theirs.get(k) != json.loads(config_fingerprint(config)).get(k))
-        raise CheckpointError(f"checkpoint {path} was trained with a different config (differs in: {', '.join(diff) or 'unknown'}): "
-                              "delete it or point to the matching variant")
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+# Sections of the run config that do not decide what the weights are: evaluating (or sampling from) a
+# checkpoint with other evaluate params, or after `<task>.train` changed, is legitimate.
+NOT_WEIGHTS = ("evaluate", "train")
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: str | Path, config: dict | None = None,
+                     ignore: tuple[str, ...] = NOT_WEIGHTS) -> None:
+    """Load weights, explaining a checkpoint that belongs to another model size or variant.
+
+    `ignore`: top-level config sections that may differ (resuming training passes ("evaluate",))."""
+    skip = lambda k: k.split(".")[0] in ignore or k in ("name", "gating")  # noqa: E731 - names derive from the rest
+    theirs = _flat(json.loads(state["config"])) if isinstance(state.get("config"), str) else {}
+    ours = _flat(json.loads(config_fingerprint(config))) if config is not None else {}
+    if config is not None and {k: v for k, v in theirs.items() if not skip(k)} != {k: v for k, v in ours.items() if not skip(k)}:
+        diff = [f"{k} {theirs.get(k)!r} in the checkpoint vs {ours.get(k)!r} now" for k in sorted(set(theirs) | set(ours))
+                if theirs.get(k) != ours.get(k) and not skip(k)]
+        shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
+        raise CheckpointError(f"checkpoint {path} belongs to another variant ({shown or 'config differs'}): point "
+                              "--models-dir at this variant's directory, or use the flags/params it was trained with")
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as err:

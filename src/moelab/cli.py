@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from .config import ConfigError, load_params, resolve_run
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line `moelab <stage>: error: ...` (exit 2), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _cell_args(p: argparse.ArgumentParser) -> None:
@@ -28,24 +36,39 @@ def _run(args):
 def cmd_prepare(args) -> None:
     from .data.prepare import prepare
     params = load_params(args.params)
+    _quiet_hf()
     task = args.task or params.task
     stats = prepare(task, params.task_params(task).data, args.out or f"data/prepared/{task}")
     print(f"prepared {task}: {stats}")
 
 
+def _quiet_hf() -> None:
+    """No progress bars or info logs from `datasets` on stderr: an error is then its one `moelab` line."""
+    try:
+        import datasets
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def cmd_train(args) -> None:
-    from .train import train
+    from .train import check_prepared, train
     _, run = _run(args)
+    check_prepared(args.data_dir or f"data/prepared/{run.task}", run.task)
     out = Path(args.metrics_dir)
     metrics = train(run, args.data_dir or f"data/prepared/{run.task}", args.models_dir, out / "train.json",
                     live_dir=out / "live", progress=not args.quiet, stop_after=args.stop_after)
-    print(f"trained {run.task}/{run.name}/s{run.seed}: best val loss {metrics['best_val_loss']:.4f} "
-          f"in {metrics['wall_s']:.1f}s")
+    if int(os.environ.get("RANK", "0")) == 0:      # under torchrun: one line, not one per rank
+        print(f"trained {run.task}/{run.name}/s{run.seed}: best val loss {metrics['best_val_loss']:.4f} "
+              f"in {metrics['wall_s']:.1f}s (world size {metrics['world_size']})")
 
 
 def cmd_evaluate(args) -> None:
     from .evaluate import evaluate
+    from .train import check_prepared
     _, run = _run(args)
+    check_prepared(args.data_dir or f"data/prepared/{run.task}", run.task)
     out = Path(args.metrics_dir)
     m = evaluate(run, args.data_dir or f"data/prepared/{run.task}", args.models_dir, out / "eval.json",
                  out / "samples.md", progress=not args.quiet)
@@ -64,8 +87,9 @@ def cmd_benchmark(args) -> None:
 def cmd_report(args) -> None:
     from .report import report
     load_params(args.params)
-    summary = report(args.metrics, args.plots)
-    print(f"report: {sum(len(v) for v in summary.values())} variants in {args.metrics}/summary.md")
+    summary = report(args.study, args.out, args.plots)
+    n = sum(len(sizes) for gatings in summary.values() for sizes in gatings.values())
+    print(f"report: {n} cells of {len(summary)} task(s) in {args.out}/summary.md, figures in {args.plots}/")
 
 
 def cmd_check(args) -> None:
@@ -74,8 +98,8 @@ def cmd_check(args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="moelab", description=__doc__)
-    sub = ap.add_subparsers(dest="stage", required=True)
+    ap = _Parser(prog="moelab", description=__doc__)
+    sub = ap.add_subparsers(dest="stage", required=True, parser_class=_Parser)
     p = sub.add_parser("prepare", help="split a corpus, train a tokenizer, write token ids")
     p.add_argument("--task")
     p.add_argument("--out")
@@ -98,7 +122,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.set_defaults(fn=cmd_benchmark)
     p = sub.add_parser("report", help="aggregate metrics into metrics/summary.{json,md} and plots/")
-    p.add_argument("--metrics", default="metrics")
+    p.add_argument("--study", default="metrics/study", help="the study's metrics tree (read)")
+    p.add_argument("--out", default="metrics", help="where summary.json / summary.md are written")
     p.add_argument("--plots", default="plots")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(fn=cmd_report)
@@ -109,13 +134,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:   # reported by the stage's name, like every other error of that stage
+        ap.exit(2, f"moelab {args.stage}: error: unrecognized arguments: {' '.join(extra)} "
+                   f"(see moelab {args.stage} --help)\n")
     try:
         args.fn(args)
     except Exception as err:   # noqa: BLE001 - one clear line for the errors we know how to explain
         if not _known(err):
             raise
-        print(f"moelab {args.stage}: error: {err}", file=sys.stderr)
+        print(f"moelab {args.stage}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     return 0
 
@@ -123,13 +152,20 @@ def main(argv: list[str] | None = None) -> int:
 def _known(err: Exception) -> bool:
     from .checkpoint import CheckpointError
     from .train import NonFiniteLoss
-    known = (ConfigError, CheckpointError, NonFiniteLoss, FileNotFoundError)
+    known = (ConfigError, CheckpointError, NonFiniteLoss, OSError)   # OSError: not found, permission, disk full
     try:
         from .data.corpora import DataError
         known += (DataError,)
     except ImportError:
         pass
     return isinstance(err, known)
+
+
+def _one_line(err: Exception) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.filename:
+        text += ": check the path, its permissions and free disk space"
+    return text
 
 
 if __name__ == "__main__":

@@ -103,7 +103,9 @@ class EvalParams:
     temperature: float = 0.8
     top_k: int = 40
     top_p: float = 0.95
-    num_beams: int = 1
+    num_beams: int = 1            # summarization: beam width (1: greedy)
+    max_new_tokens: int = 32      # summarization: longest generated summary (tokens)
+    no_repeat_ngram_size: int = 0  # summarization: forbid repeating any n-gram of this size (0: off)
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,10 @@ def validate(params: Params) -> None:
                 resolve_run(params, task=task, gate=gate, model=model, router=params.routers[0])
         _preset(tp, params.dense.model, task, "dense.model")
         _check_positive(f"{task}.train", tp.train, ("steps", "batch_size", "grad_accum", "lr"))
+        _check_positive(f"{task}.evaluate", tp.evaluate, ("batch_size", "num_beams", "max_new_tokens"))
+        if tp.evaluate.no_repeat_ngram_size < 0:
+            raise ConfigError(f"params.yaml: {task}.evaluate.no_repeat_ngram_size = {tp.evaluate.no_repeat_ngram_size!r} "
+                              "is not allowed; allowed: 0 (off) or n >= 1")
 
 
 def _check_positive(where: str, obj, keys) -> None:

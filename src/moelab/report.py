@@ -1,5 +1,6 @@
 """The report stage: every metrics file -> metrics/summary.json (task -> variant -> size -> metric
--> mean/std/ci95/n) and metrics/summary.md (one table per task)."""
+-> mean/std/ci95/n), metrics/summary.md (one table per task, plus expert specialisation) and the
+figures under plots/ (see moelab.plots)."""
 from __future__ import annotations
 
 import math
@@ -17,6 +18,7 @@ COLUMNS = [
     ("eval", "rougeL", False, "ROUGE-L"),
     ("eval", "rougeLsum", False, "ROUGE-Lsum"),
     ("eval", "accuracy", False, "accuracy"),
+    ("eval", "test_loss", True, "test loss"),
     ("eval", "macro_f1", False, "macro-F1"),
     ("eval", "experts_per_token", None, "experts/token"),
     ("eval", "flops_per_token", True, "FLOPs/token"),
@@ -45,7 +47,7 @@ def describe(values: list[float]) -> dict:
 
 
 def collect(metrics_dir: Path) -> dict:
-    """{task: {gating: {size: {metric: [values over seeds]}}}} from metrics/<task>/<variant>/..."""
+    """{task: {gating: {size: {metric: [values over seeds]}}}} from metrics/study/<task>/<variant>/..."""
     cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     for eval_path in sorted(metrics_dir.glob("*/*/s*/eval.json")):
         seed_dir, variant_dir = eval_path.parent, eval_path.parent.parent
@@ -82,49 +84,135 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if abs(v) >= 1e4 or (abs(v) < 1e-2 and v != 0) else f"{v:.3f}".rstrip("0").rstrip(".")
 
 
-def markdown(summary: dict) -> str:
-    out = ["# moelab study summary", "",
-           "Mean over seeds ± half-width of the 95% t-interval (n = seeds). **Bold**: best in its column; "
-           "≈ marks cells whose interval overlaps the best one's (not claimed different). "
-           "FLOPs/token are realised (measured experts/token), forward pass, matmuls only.", ""]
-    for task, gatings in summary.items():
-        rows = [(g, s, m) for g, sizes in gatings.items() for s, m in sizes.items()]
-        cols = [c for c in COLUMNS if any(c[1] in m for _, _, m in rows)]
-        out += [f"## {task}", "", "| variant | size | n | " + " | ".join(c[3] for c in cols) + " |",
-                "|---|---|---|" + "---|" * len(cols)]
-        best = {}
-        for _, key, lower, _ in cols:
-            have = [m[key] for _, _, m in rows if key in m]
-            if lower is not None and have:
-                best[key] = (min if lower else max)(have, key=lambda d: d["mean"])
-        for gating, size, m in rows:
-            n = max((d["n"] for d in m.values()), default=0)
-            cells = []
-            for _, key, _, _ in cols:
-                if key not in m:
-                    cells.append("–")
-                    continue
-                d, text = m[key], _fmt(m[key]["mean"])
-                if d["ci95"] is not None:
-                    text += f" ± {_fmt(d['ci95'])}"
-                if key in best and d is best[key]:
-                    text = f"**{text}**"
-                elif key in best and _overlap(d, best[key]) and d["ci95"] is not None:
-                    text += " ≈"
-                cells.append(text)
-            out.append(f"| {gating} | {size} | {n} | " + " | ".join(cells) + " |")
-        out.append("")
-    return "\n".join(out)
-
-
 def _overlap(a: dict, b: dict) -> bool:
+    """Whether two cells cannot be told apart: their 95% intervals overlap, or either has none (n = 1)."""
+    if a["ci95"] is None or b["ci95"] is None:
+        return True
     (lo_a, hi_a), (lo_b, hi_b) = _interval(a), _interval(b)
     return lo_a <= hi_b and lo_b <= hi_a
 
 
-def report(metrics_dir: str | Path = "metrics", plots_dir: str | Path = "plots") -> dict:
-    metrics_dir = Path(metrics_dir)
-    summary = summarise(collect(metrics_dir))
-    write_json(metrics_dir / "summary.json", summary)
-    atomic_write_text(metrics_dir / "summary.md", markdown(summary))
+def mark_column(cells: list[dict], lower_is_better: bool) -> list[str | None]:
+    """The mark of each cell of one column (a describe() dict each):
+
+    "best"  the best mean, and its 95% interval overlaps no other cell's: a claim (bold);
+    "tie"   the best mean or a cell whose interval overlaps the best one's, when the best is not
+            separable from the rest (≈): not claimed different;
+    "lead"  the best mean when some cell of the column has n = 1, so there is no interval to claim
+            anything with (italic);
+    None    otherwise, and for every cell when all means are equal.
+    """
+    marks: list[str | None] = [None] * len(cells)
+    if len(cells) < 2 or len({c["mean"] for c in cells}) == 1:
+        return marks
+    order = sorted(range(len(cells)), key=lambda i: cells[i]["mean"], reverse=not lower_is_better)
+    top = cells[order[0]]
+    if any(c["ci95"] is None for c in cells):
+        for i in order:
+            if cells[i]["mean"] == top["mean"]:
+                marks[i] = "lead"
+        return marks
+    rivals = [i for i in order[1:] if _overlap(cells[i], top)]
+    if not rivals:
+        marks[order[0]] = "best"
+        return marks
+    for i in [order[0], *rivals]:
+        marks[i] = "tie"
+    return marks
+
+
+_STYLE = {"best": "**{}**", "tie": "{} ≈", "lead": "_{}_", None: "{}"}
+
+NOTE = ("Mean over seeds ± half-width of the 95% Student-t interval (n = seeds per cell). "
+        "**Bold**: best in its column and its interval overlaps no other cell's; "
+        "≈: tied — the best mean and every cell whose interval overlaps it (not claimed different); "
+        "_italic_: best mean, but the column has cells with n = 1 (no interval), so nothing is claimed. "
+        "FLOPs/token are realised (measured experts/token), forward pass, matmuls only; forward ms is "
+        "the benchmark stage's latency (one run per variant, not per seed).")
+
+
+def markdown(summary: dict, specialisation: dict | None = None) -> str:
+    out = ["# moelab study summary", "", NOTE, ""]
+    for task, gatings in summary.items():
+        rows = [(g, s, m) for g, sizes in gatings.items() for s, m in sizes.items()]
+        cols = [c for c in COLUMNS if any(c[1] in m for _, _, m in rows)]
+        ns = sorted({max((d["n"] for d in m.values()), default=0) for _, _, m in rows})
+        out += [f"## {task}", ""]
+        if ns and ns[0] < 2:
+            out += ["> n = 1 for some cells: no confidence interval, so no variant is claimed best "
+                    "(best means are in _italic_). Add seeds to params.yaml `seeds` for intervals.", ""]
+        out += ["| variant | size | n | " + " | ".join(c[3] for c in cols) + " |",
+                "|---|---|---|" + "---|" * len(cols)]
+        texts = [[] for _ in rows]
+        for _, key, lower, _ in cols:
+            present = [i for i, (_, _, m) in enumerate(rows) if key in m]
+            marks = dict(zip(present, mark_column([rows[i][2][key] for i in present], lower)
+                             if lower is not None else [None] * len(present)))
+            for i, (_, _, m) in enumerate(rows):
+                if key not in m:
+                    texts[i].append("–")
+                    continue
+                d = m[key]
+                text = _fmt(d["mean"]) + (f" ± {_fmt(d['ci95'])}" if d["ci95"] is not None else "")
+                texts[i].append(_STYLE[marks[i]].format(text))
+        for (gating, size, m), cells in zip(rows, texts):
+            n = max((d["n"] for d in m.values()), default=0)
+            out.append(f"| {gating} | {size} | {n} | " + " | ".join(cells) + " |")
+        out.append("")
+        if specialisation and specialisation.get(task):
+            out += specialisation_markdown(specialisation[task])
+    return "\n".join(out)
+
+
+def specialisation_markdown(spec: dict, per_expert: int = 5) -> list[str]:
+    """spec: {(gating, size): eval.json `specialisation`} -> a short section."""
+    out = ["### Expert specialisation (last MoE layer, test split)", "",
+           "Top input tokens each expert computed, with the share of that token's occurrences routed to "
+           "the expert (100% for every expert under soft softmax routing). One seed per variant.", ""]
+    for (gating, size), sp in sorted(spec.items()):
+        out += [f"**{gating} {size}** (MoE layer {sp.get('layer')})", "", "| expert | tokens | top tokens (share) |",
+                "|---|---|---|"]
+        for e in sp.get("experts", []):
+            tops = ", ".join(f"`{_token(t['token'])}` {t['share']:.0%}" for t in e.get("top", [])[:per_expert])
+            out.append(f"| {e['expert']} | {e.get('tokens', '')} | {tops} |")
+        out.append("")
+    return out
+
+
+def _token(text: str) -> str:
+    """A token readable inside a markdown table cell: escapes shown, spaces as ␣."""
+    return repr(text)[1:-1].replace("`", "'").replace("|", "\\|").replace(" ", "␣")
+
+
+def collect_specialisation(metrics_dir: Path, variants: tuple[str, ...] = ("linear-sparsemax", "linear-softmax-top2")) -> dict:
+    """{task: {(gating, size): specialisation}} from the lowest seed of each listed gating that has one."""
+    out: dict = defaultdict(dict)
+    for eval_path in sorted(metrics_dir.glob("*/*/s*/eval.json"), key=lambda p: (p.parent.parent, _seed(p.parent))):
+        ev = read_json(eval_path)
+        config = ev.get("_meta", {}).get("config", {})
+        key = (config.get("gating"), config.get("model"))
+        if "specialisation" in ev and key[0] in variants and key not in out[config.get("task")]:
+            out[config.get("task")][key] = ev["specialisation"]
+    return {k: v for k, v in out.items() if v}
+
+
+def _seed(seed_dir: Path) -> int:
+    try:
+        return int(seed_dir.name.lstrip("s"))
+    except ValueError:
+        return 1 << 30
+
+
+def report(study_dir: str | Path = "metrics/study", out_dir: str | Path | None = None,
+           plots_dir: str | Path | None = "plots") -> dict:
+    """Aggregate study_dir/<task>/<variant>/s<seed>/*.json into out_dir/summary.{json,md} (default: the
+    parent of study_dir, i.e. metrics/) and the figures into plots_dir (None: no figures)."""
+    study_dir = Path(study_dir)
+    out_dir = Path(out_dir) if out_dir is not None else study_dir.parent
+    summary = summarise(collect(study_dir))
+    write_json(out_dir / "summary.json", summary)
+    atomic_write_text(out_dir / "summary.md", markdown(summary, collect_specialisation(study_dir)))
+    if plots_dir is not None:
+        from .plots import write_plots
+        write_plots(study_dir, Path(plots_dir), summary)
     return summary

@@ -14,12 +14,48 @@ from tqdm.auto import tqdm
 
 from .checkpoint import config_fingerprint, load_checkpoint, load_model_state, save_checkpoint
 from .config import RunConfig
-from .io import write_metrics
+from .io import remove_stale_temps, write_metrics
 from .tasks import build_task
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+def check_prepared(data_dir: str | Path, task: str) -> None:
+    """Fail early, before anything is written, when the prepared data of `task` is missing or broken."""
+    import numpy as np
+    from .data.corpora import DataError
+    data_dir = Path(data_dir)
+    redo = f"run `moelab prepare --task {task} --out {data_dir}` (or `dvc repro prepare@{task}`)"
+    if not data_dir.is_dir():
+        raise DataError(f"prepared data directory {data_dir} not found: {redo}")
+    if task != "lm":
+        return
+    tok = data_dir / "tokenizer.json"
+    if not tok.is_file():
+        raise DataError(f"{tok} not found (data not prepared): {redo}")
+    try:
+        from .data.tokenizer import load_tokenizer
+        vocab = load_tokenizer(tok).get_vocab_size()
+    except Exception as err:   # noqa: BLE001 - any parse failure means the same thing
+        raise DataError(f"{tok} is not a readable tokenizer ({' '.join(str(err).split())[:120]}): {redo}") from None
+    for split in ("train", "validation", "test"):
+        path = data_dir / f"{split}.npy"
+        if not path.is_file():
+            raise DataError(f"{path} not found (data not prepared): {redo}")
+        try:
+            ids = np.load(path, allow_pickle=False, mmap_mode="r")
+        except Exception as err:   # noqa: BLE001 - truncated, not .npy, or an object array
+            raise DataError(f"{path} is not a readable token array ({' '.join(str(err).split())[:120]}): {redo}") from None
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise DataError(f"{path} holds a {ids.dtype} array of shape {ids.shape}, not a 1-D stream of token ids: {redo}")
+        if ids.size < 2:
+            raise DataError(f"{path} holds {ids.size} tokens: the {split} split is empty; use a larger corpus "
+                            f"({task}.data.source / max_records / val_frac / test_frac) and {redo}")
+        if int(ids.max()) >= vocab or int(ids.min()) < 0:
+            raise DataError(f"{path} has token ids outside the tokenizer's vocabulary of {vocab}: "
+                            f"the data and tokenizer.json are from different prepare runs; {redo}")
 
 
 def seed_everything(seed: int) -> None:
@@ -64,6 +100,10 @@ class DistEnv:
     def main(self) -> bool:
         return self.rank == 0
 
+    def barrier(self) -> None:
+        if self.world > 1 and dist.is_initialized():
+            dist.barrier()
+
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -78,22 +118,47 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def check_finite(step: int, terms: dict[str, torch.Tensor], ckpt: Path) -> None:
-    for name, value in terms.items():
-        if not torch.isfinite(value).all():
-            raise NonFiniteLoss(f"step {step}: {name} is {value.item()} (non-finite); training stopped, "
-                                f"last good checkpoint {ckpt} left intact")
+def check_finite(step: int, terms: dict[str, torch.Tensor], ckpt: Path, env: "DistEnv | None" = None) -> None:
+    """Raise NonFiniteLoss naming the step (1-based, the one being computed) and the first bad term.
+
+    Under DDP the verdict is all-reduced, so every rank stops together instead of one rank raising
+    while the others wait forever in the next collective."""
+    bad = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()).all())]
+    if env is not None and env.world > 1:
+        flags = torch.tensor([float(name in bad) for name in terms], device=env.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        bad = [name for name, flag in zip(terms, flags.tolist()) if flag > 0]
+    if bad:
+        name = bad[0]
+        value = terms[name].detach().float().reshape(-1)
+        shown = value[~torch.isfinite(value)][:1].tolist() or ["non-finite on another rank"]
+        where = f"{ckpt} left intact" if ckpt.exists() else f"no checkpoint written yet ({ckpt})"
+        raise NonFiniteLoss(f"step {step}: {name} is {shown[0]} (non-finite); training stopped, last good checkpoint "
+                            f"{where}: lower {'the learning rate' if name != 'balancing loss' else 'moe.aux_loss_coef / moe.z_loss_coef'}"
+                            f" or check the data, then re-run (it resumes from the checkpoint)")
 
 
 @torch.no_grad()
-def validation_loss(task, model, batch_size: int, max_batches: int, device) -> float:
+def validation_loss(task, model, batch_size: int, max_batches: int, device, env: "DistEnv | None" = None) -> float:
+    """Token-weighted mean loss over the first max_batches validation batches of batch_size rows.
+
+    batch_size is the global batch: under DDP each rank computes rows rank::world of every batch and
+    the sums are all-reduced, so the value (identical on every rank) covers the same windows as a
+    single process with that batch size, whatever the world size."""
     model.eval()
     total, count = 0.0, 0
     for batch in task.eval_batches("validation", batch_size, max_batches):
+        if env is not None:
+            batch = shard(batch, env)
+        if next(iter(batch.values())).shape[0] == 0:    # a last, short batch with fewer rows than ranks
+            continue
         loss, info = task_loss(task, model, to_device(batch, device))
-        total += loss.item() * info["tokens"]
-        count += info["tokens"]
+        if info["tokens"]:
+            total += loss.item() * info["tokens"]
+            count += info["tokens"]
     model.train()
+    if env is not None and env.world > 1:
+        total, count = _sum_over_ranks([total, float(count)], env)
     return total / max(count, 1)
 
 
@@ -118,6 +183,10 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     tp = run.train
     seed_everything(run.seed)
     task = build_task(run, data_dir)
+    for split in ("train", "validation") if hasattr(task, "stream") else ():   # load the data before writing
+        task.stream(split)
+    if env.main:
+        remove_stale_temps(out_dir)          # half-written checkpoints of a killed run
     model = task.build_model().to(env.device)
     optimizer = torch.optim.AdamW(param_groups(model, tp.weight_decay), lr=tp.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -128,7 +197,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     step, best_val, history = 0, float("inf"), []
     if latest.exists():
         state = load_checkpoint(latest)
-        load_model_state(model, state, latest, config)
+        load_model_state(model, state, latest, config, ignore=("evaluate",))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -137,7 +206,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
         step, best_val, history = state["step"], state["best_val"], state.get("history", [])
     resumed_from = step
     ddp = _wrap_ddp(model, env)
-    live = _open_live(live_dir, resumed=resumed_from > 0) if env.main and live_dir else None
+    live = _open_live(live_dir, resumed_from) if env.main and live_dir else None
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" else nullcontext())
 
     def snapshot() -> dict:
@@ -158,31 +227,38 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
             with autocast:
                 loss, info = task_loss(task, ddp, batch)
                 balancing = model.balancing_loss().to(loss.device)
-            check_finite(step, {"task loss": loss, "balancing loss": balancing}, latest)
+            check_finite(step + 1, {"task loss": loss, "balancing loss": balancing}, latest, env)
             ((loss + balancing) / tp.grad_accum).backward()
             step_loss += loss.item() / tp.grad_accum
             step_bal += balancing.item() / tp.grad_accum
             tokens_seen += info["tokens"] * env.world
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-        check_finite(step, {"gradient norm": grad_norm}, latest)
+        check_finite(step + 1, {"gradient norm": grad_norm}, latest, env)
         optimizer.step()
         scheduler.step()
         model.update_selection_bias()
         step += 1
+        if env.world > 1:   # log the global-batch loss (mean of equal-sized rank shards), identical on every rank
+            step_loss, step_bal = _mean_over_ranks([step_loss, step_bal], env)
         record = {"step": step, "train_loss": step_loss, "balancing_loss": step_bal, "lr": scheduler.get_last_lr()[0]}
         if step % tp.eval_every == 0 or step == tp.steps:
-            record["val_loss"] = validation_loss(task, model, tp.batch_size, tp.eval_batches, env.device)
-            if record["val_loss"] < best_val and env.main:
+            # the global batch size, so the validated windows do not depend on the world size
+            record["val_loss"] = validation_loss(task, model, tp.batch_size * env.world, tp.eval_batches,
+                                                 env.device, env)
+            if record["val_loss"] < best_val:    # every rank tracks best_val (same weights, same value)
                 best_val = record["val_loss"]
-                save_checkpoint(best, {"model": model.state_dict(), "step": step, "val_loss": best_val,
-                                       "config": config_fingerprint(config)})
+                if env.main:
+                    save_checkpoint(best, {"model": model.state_dict(), "step": step, "val_loss": best_val,
+                                           "config": config_fingerprint(config)})
         history.append(record)
         if live:
             _log_live(live, record)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}")
-        if env.main and (step % tp.checkpoint_every == 0 or step == tp.steps):
-            save_checkpoint(latest, snapshot())
+        if step % tp.checkpoint_every == 0 or step == tp.steps:
+            if env.main:
+                save_checkpoint(latest, snapshot())
+            env.barrier()   # no rank runs ahead of a checkpoint that rank 0 has not finished writing
         if stop_after is not None and step >= stop_after:
             break
     bar.close()
@@ -203,6 +279,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     }
     if env.main:
         write_metrics(metrics_path, metrics, config)
+    env.barrier()
     return metrics
 
 
@@ -211,12 +288,50 @@ def _wrap_ddp(model, env):
         return model
     from torch.nn.parallel import DistributedDataParallel
     # MoE: an expert that got no token this step has no gradient on this rank.
-    return DistributedDataParallel(model, find_unused_parameters=True)
+    # broadcast_buffers=False: the only buffers are the selection bias (kept identical on every rank by
+    # SelectionBias.update's all-reduce) and its per-rank load counts, which rank 0 must not overwrite
+    # between the micro-batches of a gradient-accumulation step.
+    return DistributedDataParallel(model, find_unused_parameters=True, broadcast_buffers=False)
 
 
-def _open_live(live_dir: Path, resumed: bool):
+def _sum_over_ranks(values: list[float], env: DistEnv) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=env.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _mean_over_ranks(values: list[float], env: DistEnv) -> list[float]:
+    return [v / env.world for v in _sum_over_ranks(values, env)]
+
+
+def _open_live(live_dir: Path, resumed_from: int):
+    """DVCLive log; on resume, rows logged after the checkpoint (by the killed run) are dropped first,
+    so the replayed steps are not logged twice."""
     from dvclive import Live
-    return Live(str(live_dir), resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
+    if resumed_from > 0:
+        _truncate_live(live_dir, resumed_from)
+    return Live(str(live_dir), resume=resumed_from > 0, save_dvc_exp=False, dvcyaml=None, report=None)
+
+
+def _truncate_live(live_dir: Path, last_step: int) -> None:
+    from .io import atomic_write_text
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines()
+        if not lines:
+            continue
+        head, keep = lines[0].split("\t"), [lines[0]]
+        col = head.index("step") if "step" in head else None
+        for line in lines[1:]:
+            cells = line.split("\t")
+            try:
+                ok = col is not None and len(cells) == len(head) and int(cells[col]) <= last_step
+                if ok:
+                    float(cells[-1])
+            except ValueError:
+                ok = False       # a half-written row of the killed run
+            if ok:
+                keep.append(line)
+        atomic_write_text(tsv, "\n".join(keep) + "\n")
 
 
 def _log_live(live, record: dict) -> None:

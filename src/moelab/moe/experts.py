@@ -49,7 +49,9 @@ def dispatch_combine(x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor,
     order = expert.argsort(stable=True)                       # slots grouped by expert
     tokens_per_expert = torch.bincount(expert, minlength=n_experts)
     token_sorted = token[order]
-    expert_out = experts(x[token_sorted], tokens_per_expert)  # [S, d]
+    # index_select, not x[token_sorted]: its backward is index_add_, which is deterministic on CPU,
+    # whereas advanced indexing's backward (index_put_ accumulate) sums duplicate tokens in a varying order.
+    expert_out = experts(x.index_select(0, token_sorted), tokens_per_expert)  # [S, d]
     weighted = expert_out * weight[order].unsqueeze(-1).to(expert_out.dtype)
     out = torch.zeros_like(x).index_add_(0, token_sorted, weighted.to(x.dtype))
     return out, tokens_per_expert

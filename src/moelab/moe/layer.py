@@ -11,7 +11,7 @@ from .experts import GroupedExperts, dispatch_combine
 from .normalisers import build_normaliser
 from .routers import build_router
 from .selection import build_selection
-from .stats import RoutingStats, routing_entropy_sum
+from .stats import RoutingStats, experts_per_token_hist, routing_entropy_sum
 
 
 class MoELayer(nn.Module):
@@ -19,7 +19,8 @@ class MoELayer(nn.Module):
 
     After each forward, `balancing_loss` holds this layer's weighted aux + z loss (a scalar tensor)
     and `last_stats` its RoutingStats. Padding tokens (token_mask False) are not routed, not
-    computed, and not counted in losses or statistics.
+    computed, and not counted in losses or statistics. `last_assignment` holds the (position, expert)
+    pairs of the computed slots; position indexes the flattened [B * T] input.
     """
 
     def __init__(self, cfg: MoEConfig):
@@ -33,13 +34,14 @@ class MoELayer(nn.Module):
         self.experts = GroupedExperts(cfg.n_experts, cfg.d_model, cfg.d_ff, cfg.activation)
         self.balancing_loss = torch.zeros(())
         self.last_stats = RoutingStats()
+        self.last_assignment: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = x.shape
         flat = x.reshape(b * t, d)
         group = torch.arange(b, device=x.device).repeat_interleave(t)       # [N] sequence of each token
         real = torch.arange(b * t, device=x.device) if token_mask is None else token_mask.reshape(-1).nonzero().squeeze(1)
-        h, group = flat[real], group[real]                                  # [N, d] real tokens only
+        h, group = flat.index_select(0, real), group[real]     # [N, d] real tokens only
 
         with torch.autocast(device_type=x.device.type, enabled=False):     # routing in float32
             scores = self.router(h.float())                                  # [N, E]
@@ -55,7 +57,9 @@ class MoELayer(nn.Module):
                                                   self.experts, self.cfg.n_experts)
         self.balancing_loss = self._balancing_loss(scores, weights, slots.expert)
         self.last_stats = RoutingStats(float(h.shape[0]), float(n_selected), float(n_dropped),
-                                       routing_entropy_sum(weights), tokens_per_expert.detach().cpu())
+                                       routing_entropy_sum(weights), tokens_per_expert.detach().cpu(),
+                                       experts_per_token_hist(kept.token, h.shape[0], self.cfg.n_experts))
+        self.last_assignment = (real[kept.token].detach(), kept.expert.detach())
         full = torch.zeros_like(flat).index_copy_(0, real, out.to(flat.dtype))
         return full.reshape(b, t, d)
 

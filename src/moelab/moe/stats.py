@@ -13,6 +13,8 @@ class RoutingStats:
     slots_dropped: float = 0.0          # of those, dropped by expert capacity
     entropy_sum: float = 0.0            # sum over tokens of -sum_i p_i log p_i of the router weights
     tokens_per_expert: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [E] computed slots
+    # [k_max + 1]: entry j = number of tokens computed by exactly j experts (after capacity drops)
+    experts_per_token_hist: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def __iadd__(self, other: "RoutingStats") -> "RoutingStats":
         self.tokens += other.tokens
@@ -23,6 +25,7 @@ class RoutingStats:
             self.tokens_per_expert = other.tokens_per_expert.clone()
         else:
             self.tokens_per_expert = self.tokens_per_expert + other.tokens_per_expert
+        self.experts_per_token_hist = _add_padded(self.experts_per_token_hist, other.experts_per_token_hist)
         return self
 
     def summary(self) -> dict:
@@ -38,7 +41,23 @@ class RoutingStats:
             "routing_entropy": self.entropy_sum / tokens,
             "dropped_fraction": self.slots_dropped / max(self.slots_selected, 1.0),
             "experts_per_token": (self.slots_selected - self.slots_dropped) / tokens,
+            "experts_per_token_hist": [int(v) for v in self.experts_per_token_hist.tolist()],
         }
+
+
+def experts_per_token_hist(kept_token: torch.Tensor, n_tokens: int, n_experts: int) -> torch.Tensor:
+    """[n_experts + 1] counts of tokens by how many kept slots (experts) they got (on the CPU)."""
+    per_token = torch.bincount(kept_token.detach(), minlength=n_tokens)
+    return torch.bincount(per_token, minlength=n_experts + 1).cpu()
+
+
+def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a + b for 1-d count vectors of possibly different lengths (the shorter is zero-padded)."""
+    if a.numel() < b.numel():
+        a, b = b, a
+    out = a.clone()
+    out[:b.numel()] += b.to(out.dtype)
+    return out
 
 
 def routing_entropy_sum(weights: torch.Tensor) -> float:

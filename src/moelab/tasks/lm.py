@@ -76,6 +76,9 @@ class LMTask:
         from tqdm.auto import tqdm
         ev = self.run.evaluate
         metrics = {}
+        moe_layers = model.moe_layers() if hasattr(model, "moe_layers") else []
+        last = moe_layers[-1] if moe_layers else None
+        routed = None      # test split, last MoE layer: ([E, V] token id -> expert counts, [V] occurrences)
         for split, short in (("validation", "val"), ("test", "test")):
             batches = self.eval_batches(split, ev.batch_size, ev.max_batches)
             nll, tokens = 0.0, 0
@@ -85,6 +88,8 @@ class LMTask:
                     loss, info = model.loss(batch)
                     nll += loss.item() * info["tokens"]
                     tokens += info["tokens"]
+                    if split == "test" and last is not None and last.last_assignment is not None:
+                        routed = self._count_routed(routed, batch, last.last_assignment, last.cfg.n_experts)
             metrics[f"{short}_loss"] = nll / max(tokens, 1)
             metrics[f"{short}_ppl"] = float(torch.tensor(metrics[f"{short}_loss"]).exp())
             metrics[f"{short}_tokens"] = tokens
@@ -92,7 +97,32 @@ class LMTask:
         realised = [l["experts_per_token"] for l in routing["layers"]] or None
         metrics["flops_per_token"] = self.flops_per_token(realised)["total"]
         metrics.update(routing)
+        if routed is not None:
+            metrics["specialisation"] = self.specialisation(routed, layer=len(moe_layers) - 1)
         return metrics, self.samples(model)
+
+    def _count_routed(self, routed, batch: dict, assignment, n_experts: int):
+        ids = batch["input_ids"].reshape(-1).cpu()
+        position, expert = (a.cpu() for a in assignment)
+        by_expert = torch.bincount(expert * self.vocab_size + ids[position],
+                                   minlength=n_experts * self.vocab_size).reshape(n_experts, self.vocab_size)
+        real = (batch["targets"] != IGNORE).reshape(-1).cpu()
+        occurrences = torch.bincount(ids[real], minlength=self.vocab_size)
+        return (by_expert, occurrences) if routed is None else (routed[0] + by_expert, routed[1] + occurrences)
+
+    def specialisation(self, routed, layer: int, top: int = 8) -> dict:
+        """Per expert of MoE layer `layer`: the `top` input tokens it computed most often on the test
+        split, each with its count and the share of that token's occurrences this expert computed
+        (1.0 for every expert under soft softmax routing; a specialised expert has shares near 1)."""
+        by_expert, occurrences = routed
+        experts = []
+        for e, counts in enumerate(by_expert):
+            k = min(top, int((counts > 0).sum()))
+            best = counts.topk(k).indices.tolist() if k else []
+            experts.append({"expert": e, "tokens": int(counts.sum()), "top": [
+                {"token": self.decode([t]), "count": int(counts[t]),
+                 "share": round(float(counts[t]) / max(float(occurrences[t]), 1.0), 4)} for t in best]})
+        return {"layer": layer, "split": "test", "experts": experts}
 
     def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None) -> dict:
         """Analytic forward FLOPs per token; experts_per_token: realised per MoE block (default k or E)."""

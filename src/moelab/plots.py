@@ -1,0 +1,296 @@
+"""The report stage's figures (PNG, matplotlib Agg), one set per task under plots/:
+
+  <task>_loss_curves.png      training (smoothed) and validation loss per variant; a panel per model size
+  <task>_quality_flops.png    quality vs realised FLOPs/token, Pareto front highlighted, 95% CI bars when n > 1
+  <task>_expert_load.png      share of tokens per expert (layers x experts heatmap) for every MoE variant
+  <task>_experts_per_token.png  how many experts each token used, sparsemax / entmax variants
+
+Every figure is always written (a short message figure when its data is missing) so the stage's
+declared outputs exist. Inputs: metrics/<task>/<variant>/s<seed>/{eval.json,live/plots/metrics/...}.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .io import read_json  # noqa: E402
+
+# quality metrics in the order they are plotted: key -> (label, lower is better)
+QUALITY = {"test_ppl": ("test perplexity", True), "rouge1": ("ROUGE-1", False), "rouge2": ("ROUGE-2", False),
+           "rougeL": ("ROUGE-L", False), "rougeLsum": ("ROUGE-Lsum", False), "accuracy": ("accuracy", False),
+           "macro_f1": ("macro-F1", False)}
+SPARSE_NORMS = ("sparsemax", "entmax15", "entmax")
+DENSE = "dense"
+FIGURES = ("loss_curves", "quality_flops", "expert_load", "experts_per_token")
+
+
+def write_plots(metrics_dir: Path, plots_dir: Path, summary: dict) -> list[Path]:
+    """Write every figure of every task in `summary`; returns the paths written."""
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    runs = load_runs(metrics_dir)
+    written = []
+    for task in summary:
+        task_runs = runs.get(task, [])
+        for name, fn in (("loss_curves", lambda: loss_curves(task, task_runs)),
+                         ("quality_flops", lambda: quality_flops(task, summary[task])),
+                         ("expert_load", lambda: expert_load(task, task_runs)),
+                         ("experts_per_token", lambda: experts_per_token(task, task_runs))):
+            fig = fn()
+            path = plots_dir / f"{task}_{name}.png"
+            fig.savefig(path, dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------ inputs
+def load_runs(metrics_dir: Path) -> dict:
+    """{task: [run]}; run: gating, size, seed, norm, eval (dict), train/val loss curves ({step: loss})."""
+    runs: dict = defaultdict(list)
+    for eval_path in sorted(Path(metrics_dir).glob("*/*/s*/eval.json")):
+        ev = read_json(eval_path)
+        config = ev.get("_meta", {}).get("config", {})
+        if not (config.get("task") and config.get("gating") and config.get("model")):
+            continue
+        live = eval_path.parent / "live" / "plots" / "metrics"
+        runs[config["task"]].append({
+            "gating": config["gating"], "size": config["model"], "seed": config.get("seed"),
+            "norm": (config.get("moe") or {}).get("norm"), "eval": ev,
+            "train": read_tsv(live / "train" / "loss.tsv"), "val": read_tsv(live / "val" / "loss.tsv")})
+    return runs
+
+
+def read_tsv(path: Path) -> dict[int, float]:
+    if not path.exists():
+        return {}
+    with path.open() as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    key = next((k for k in (rows[0] if rows else {}) if k != "step"), None)
+    return {int(r["step"]): float(r[key]) for r in rows if key and r.get(key) not in (None, "")}
+
+
+def _colours(gatings: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    moe = [g for g in gatings if g != DENSE]
+    out = {g: cmap(i % 10) for i, g in enumerate(moe)}
+    out[DENSE] = (0.0, 0.0, 0.0, 1.0)
+    return out
+
+
+def _sizes(runs: list[dict]) -> list[str]:
+    sizes = sorted({r["size"] for r in runs if r["gating"] != DENSE}) or sorted({r["size"] for r in runs})
+    return sorted(sizes, key=lambda s: (len(s), s))
+
+
+def _message(title: str, text: str):
+    fig, ax = plt.subplots(figsize=(6, 2))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True)
+    return fig
+
+
+def _mean_curve(curves: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds at the steps every seed logged."""
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    return np.array(steps), np.array([np.mean([c[s] for c in curves]) for s in steps])
+
+
+def _smooth(y: np.ndarray, alpha: float = 0.1) -> np.ndarray:
+    out, acc = np.empty_like(y), None
+    for i, v in enumerate(y):
+        acc = v if acc is None else alpha * v + (1 - alpha) * acc
+        out[i] = acc
+    return out
+
+
+# ------------------------------------------------------------------ (1) loss curves
+def loss_curves(task: str, runs: list[dict]):
+    runs = [r for r in runs if r["train"] or r["val"]]
+    if not runs:
+        return _message(f"{task}: loss curves", "no DVCLive loss curves under metrics/<task>/<variant>/s*/live")
+    sizes = _sizes(runs)
+    gatings = sorted({r["gating"] for r in runs})
+    colours = _colours(gatings)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.8), sharey=True, squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        for gating in gatings:
+            # the dense baseline has one size: drawn in every panel as the reference
+            group = [r for r in runs if r["gating"] == gating and (r["size"] == size or gating == DENSE)]
+            if not group:
+                continue
+            n = len(group)
+            label = f"{gating} (n={n})" if n > 1 else gating
+            style = {"color": colours[gating], "lw": 1.6 if gating != DENSE else 1.3}
+            if gating == DENSE:
+                style["ls"] = "--"
+            x, y = _mean_curve([r["train"] for r in group if r["train"]])
+            if len(x):
+                ax.plot(x, _smooth(y), label=label, **style)
+                label = None
+            x, y = _mean_curve([r["val"] for r in group if r["val"]])
+            if len(x):
+                ax.plot(x, y, marker="o", ms=5, **{**style, "ls": "none"}, label=label)
+        ax.set_title(f"{task} — {size}  (line: train, EMA-smoothed; dots: validation)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("loss (cross-entropy, nats)")
+    lo = min(min(r["val"].values(), default=math.inf) for r in runs)
+    lo = min(lo, min(min(_smooth(np.array(list(r["train"].values()))), default=math.inf)
+                     for r in runs if r["train"]))
+    first = np.median([r["train"][min(r["train"])] for r in runs if r["train"]] or [lo + 1])
+    axes[0][0].set_ylim(lo - 0.1 * (first - lo), first + 0.05 * (first - lo))
+    axes[0][-1].legend(loc="upper right", fontsize=8, title="gating (mean over seeds)", title_fontsize=8)
+    fig.suptitle(f"{task}: training and validation loss", fontsize=13)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ (2) quality vs FLOPs
+def pareto_front(points: list[tuple[float, float]], lower_is_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both cost (x, lower better) and quality (y)."""
+    sign = 1 if lower_is_better else -1
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any((x2 <= x and sign * y2 <= sign * y) and (x2 < x or sign * y2 < sign * y)
+                        for j, (x2, y2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def quality_flops(task: str, gatings: dict):
+    cells = [(g, s, m) for g, sizes in gatings.items() for s, m in sizes.items() if "flops_per_token" in m]
+    keys = [k for k in QUALITY if any(k in m for _, _, m in cells)]
+    if not cells or not keys:
+        return _message(f"{task}: quality vs FLOPs/token", "no quality metric with FLOPs/token in the summary")
+    colours = _colours(sorted(gatings))
+    sizes = sorted({s for _, s, _ in cells}, key=lambda s: (len(s), s))
+    markers = dict(zip(sizes, "osD^vP*X"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(7.5 * len(keys), 5.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        label, lower = QUALITY[key]
+        here = [(g, s, m) for g, s, m in cells if key in m]
+        pts = [(m["flops_per_token"]["mean"], m[key]["mean"]) for _, _, m in here]
+        front = pareto_front(pts, lower)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="0.6", lw=6, alpha=0.35,
+                zorder=1, label="Pareto front")
+        for i, (g, s, m) in enumerate(here):
+            q, f = m[key], m["flops_per_token"]
+            ax.errorbar(f["mean"], q["mean"], yerr=q["ci95"] or None, xerr=f["ci95"] or None,
+                        fmt=markers[s], color=colours[g], ms=9 if i in front else 7, capsize=3,
+                        mec="black" if i in front else colours[g], mew=1.5 if i in front else 0.5, zorder=3)
+            ax.annotate(f"{g} {s}" if g != DENSE else "dense", (f["mean"], q["mean"]), fontsize=7,
+                        xytext=(5, 4), textcoords="offset points", color="0.25")
+        ax.set_xscale("log")
+        ax.set_xlabel("realised forward FLOPs / token (log)")
+        ax.set_ylabel(f"{label} ({'lower' if lower else 'higher'} is better)")
+        n = max(m[key]["n"] for _, _, m in here)
+        ax.set_title(f"{task}: {label} vs compute" + ("" if n > 1 else "  (n = 1: no error bars)"))
+        ax.grid(alpha=0.3, which="both")
+    handles = [plt.Line2D([], [], color=colours[g], marker="o", ls="none", label=g) for g in sorted(gatings)]
+    handles += [plt.Line2D([], [], color="0.3", marker=markers[s], ls="none", mfc="none", label=f"size {s}")
+                for s in sizes]
+    handles += [plt.Line2D([], [], color="0.6", lw=6, alpha=0.35, label="Pareto front (black edge)")]
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------ (3) expert load
+def _mean_layers(group: list[dict], field: str) -> list[np.ndarray]:
+    per_run = [[np.array(l.get(field) or [], dtype=float) for l in r["eval"].get("layers", [])] for r in group]
+    per_run = [layers for layers in per_run if layers and all(len(a) for a in layers)]
+    if not per_run:
+        return []
+    n_layers = min(len(layers) for layers in per_run)
+    out = []
+    for i in range(n_layers):
+        width = max(len(layers[i]) for layers in per_run)
+        out.append(np.mean([np.pad(layers[i], (0, width - len(layers[i]))) for layers in per_run], axis=0))
+    return out
+
+
+def expert_load(task: str, runs: list[dict]):
+    runs = [r for r in runs if r["gating"] != DENSE and r["eval"].get("layers")]
+    if not runs:
+        return _message(f"{task}: expert load", "no per-layer routing statistics in eval.json")
+    sizes = _sizes(runs)
+    gatings = sorted({r["gating"] for r in runs})
+    data = {(g, s): _mean_layers([r for r in runs if r["gating"] == g and r["size"] == s], "expert_share")
+            for g in gatings for s in sizes}
+    vmax = max((float(a.max()) for v in data.values() for a in v), default=1.0)
+    max_e = max((len(a) for v in data.values() for a in v), default=8)
+    fig, axes = plt.subplots(len(gatings), len(sizes), squeeze=False,
+                             figsize=(max(4.0, 0.42 * max_e) * len(sizes) + 1.2, 1.25 * len(gatings) + 1.2))
+    image = None
+    for r, g in enumerate(gatings):
+        for c, s in enumerate(sizes):
+            ax = axes[r][c]
+            layers = data[(g, s)]
+            if not layers:
+                ax.axis("off")
+                continue
+            grid = np.array(layers)                      # [layers, experts]
+            image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+            ax.set_yticks(range(grid.shape[0]), [f"L{i}" for i in range(grid.shape[0])], fontsize=7)
+            ax.set_xticks(range(grid.shape[1]), [str(i) for i in range(grid.shape[1])], fontsize=6)
+            ax.set_title(f"{g} {s}   (uniform = {1 / grid.shape[1]:.3f})", fontsize=8)
+            if r == len(gatings) - 1:
+                ax.set_xlabel("expert", fontsize=8)
+            if c == 0:
+                ax.set_ylabel("MoE layer", fontsize=8)
+    fig.suptitle(f"{task}: share of computed token slots per expert (test split, mean over seeds)", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    if image is not None:
+        cax = fig.add_axes((0.92, 0.15, 0.015, 0.7))
+        fig.colorbar(image, cax=cax, label="share of tokens")
+    return fig
+
+
+# ------------------------------------------------------------------ (4) experts per token
+def experts_per_token(task: str, runs: list[dict]):
+    sparse = [r for r in runs if r["gating"] != DENSE and (r["norm"] or "") in SPARSE_NORMS]
+    if not sparse:
+        return _message(f"{task}: experts per token", "no sparsemax / entmax variant in the study")
+    with_hist = [r for r in sparse if any(l.get("experts_per_token_hist") for l in r["eval"].get("layers", []))]
+    if not with_hist:
+        return _message(f"{task}: experts per token",
+                        "eval.json has no experts_per_token_hist (written by evaluate since this report "
+                        "version): re-run the evaluate stage")
+    sizes = _sizes(with_hist)
+    gatings = sorted({r["gating"] for r in with_hist})
+    colours = _colours(gatings)
+    n_layers = max(len(r["eval"]["layers"]) for r in with_hist)
+    fig, axes = plt.subplots(len(sizes), n_layers, figsize=(5.5 * n_layers, 3.3 * len(sizes)), squeeze=False)
+    for row, s in enumerate(sizes):
+        for layer in range(n_layers):
+            ax = axes[row][layer]
+            width = 0.8 / max(len(gatings), 1)
+            for j, g in enumerate(gatings):
+                hists = _mean_layers([r for r in with_hist if r["gating"] == g and r["size"] == s],
+                                     "experts_per_token_hist")
+                if layer >= len(hists):
+                    continue
+                h = hists[layer]
+                frac = h / max(h.sum(), 1.0)
+                mean = float((np.arange(len(h)) * frac).sum())
+                ax.bar(np.arange(len(h)) + (j - (len(gatings) - 1) / 2) * width, frac, width=width,
+                       color=colours[g], label=f"{g} (mean {mean:.2f})")
+            ax.set_title(f"{task} {s} — MoE layer {layer}", fontsize=10)
+            ax.set_xlabel("experts used by a token")
+            ax.set_ylabel("fraction of tokens")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+            ax.grid(alpha=0.3, axis="y")
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{task}: distribution of experts per token (test split, sparse normalisers)", fontsize=12)
+    fig.tight_layout()
+    return fig

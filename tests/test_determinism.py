@@ -1,0 +1,91 @@
+"""Seeds are a study axis: the same seed must reproduce every metric exactly; another seed must not."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from moelab.cli import main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# wall-clock and throughput fields: not expected to repeat
+VOLATILE = {"wall_s", "train_tokens_per_s"}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> tuple[Path, Path]:
+    """(params.yaml with a ~20-step LM run, prepared LM data dir)."""
+    tmp = tmp_path_factory.mktemp("determinism")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["lm"]["train"].update(steps=20, batch_size=8, eval_every=10, eval_batches=2, checkpoint_every=10,
+                                 warmup_steps=4)
+    params["lm"]["evaluate"].update(max_batches=2, samples=1, sample_tokens=8)
+    (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    data = ROOT / "data" / "prepared" / "lm"
+    if not (data / "train.npy").exists():       # a fresh checkout: prepare the bundled corpus
+        data = tmp / "prepared"
+        assert main(["prepare", "--task", "lm", "--out", str(data), "--params", str(tmp / "params.yaml")]) == 0
+    return tmp / "params.yaml", data
+
+
+def run_once(lab, out: Path, seed: int) -> dict[str, object]:
+    params, data = lab
+    cell = ["--task", "lm", "--router", "linear", "--gate", "sparsemax", "--model", "e8", "--seed", str(seed),
+            "--params", str(params), "--data-dir", str(data), "--models-dir", str(out / "model"),
+            "--metrics-dir", str(out / "metrics"), "--quiet"]
+    assert main(["train", *cell]) == 0
+    assert main(["evaluate", *cell]) == 0
+    m = out / "metrics"
+    return {"train": stable(json.loads((m / "train.json").read_text())),
+            "eval": stable(json.loads((m / "eval.json").read_text())),
+            "samples": (m / "samples.md").read_text(),
+            "curves": {p.relative_to(m).as_posix(): p.read_text()
+                       for p in sorted((m / "live" / "plots" / "metrics").rglob("*.tsv"))}}
+
+
+def stable(record: dict) -> dict:
+    """The record without timing fields and package versions (the run config stays in)."""
+    out = {k: v for k, v in record.items() if k not in VOLATILE}
+    if "_meta" in out:
+        out["_meta"] = {k: v for k, v in out["_meta"].items() if k != "versions"}
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(lab, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    return run_once(lab, tmp / "a", 0), run_once(lab, tmp / "b", 0), run_once(lab, tmp / "c", 1)
+
+
+def test_same_seed_reproduces_every_metric(runs):
+    a, b, _ = runs
+    assert a["train"]["steps"] == 20
+    for key in ("test_ppl", "val_ppl", "load_cv", "experts_per_token", "layers", "specialisation"):
+        assert key in a["eval"], key
+    assert a["train"] == b["train"]
+    assert a["eval"] == b["eval"]            # exact: ppl, routing stats, histograms, specialisation
+    assert a["curves"] == b["curves"] and a["curves"]
+    assert a["samples"] == b["samples"]
+
+
+def test_another_seed_differs(runs):
+    a, _, c = runs
+    assert c["train"]["train_loss"] != a["train"]["train_loss"]
+    assert c["eval"]["test_loss"] != a["eval"]["test_loss"]
+    assert c["eval"]["layers"][0]["tokens_per_expert"] != a["eval"]["layers"][0]["tokens_per_expert"]
+    assert c["curves"] != a["curves"]
+
+
+def test_experts_per_token_histogram_is_consistent(runs):
+    a = runs[0]["eval"]
+    for layer in a["layers"]:
+        hist = layer["experts_per_token_hist"]
+        assert sum(hist) == layer["tokens"]                         # every routed token counted once
+        mean = sum(i * c for i, c in enumerate(hist)) / sum(hist)
+        assert mean == pytest.approx(layer["experts_per_token"])  # dropless: kept slots / tokens

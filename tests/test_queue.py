@@ -1,0 +1,89 @@
+"""Parallel DVC experiments: `dvc exp run --queue` + `dvc queue start -j 2` in a fresh git repo.
+
+Two queued experiments run at once, each in its own temp workspace (.dvc/tmp/exps), where the
+exp-train / exp-evaluate stages write models/exp and metrics/exp: each must succeed with its own
+metrics, `dvc exp show --csv` must list router/norm/top_k/model beside them, and the main workspace
+must be left as it was. Only `prepare@lm` is reproduced for the baseline and the experiments target
+`exp-evaluate` (its upstream: prepare@lm, exp-train), so the study stages never run: ~40 s on 2 cores.
+"""
+import csv
+import hashlib
+import io
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from labrepo import make_lab
+
+ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+       "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+       "OMP_NUM_THREADS": "1"}     # two trainings share the cores: no thread oversubscription
+# DVC prefixes a metric with its file only where the name is ambiguous (here: the _meta keys);
+# --keep / --drop regexes are matched from the start of the column name (re.match)
+KEEP = "Experiment|rev|State|^router$|^norm$|^top_k$|^model$|final_val_loss$|test_ppl$|.*train.json:_meta.config.name"
+
+
+def col(row: dict, name: str) -> str:
+    (key,) = [k for k in row if k == name or k.endswith((":" + name, "/" + name))]
+    return row[key]
+
+
+def sh(cmd: str, cwd: Path, timeout: int = 300) -> str:
+    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def digest(repo: Path) -> dict[str, str]:
+    """Every file of the workspace except git's and DVC's own state."""
+    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(repo.rglob("*")) if p.is_file() and not {".git", ".dvc"} & set(p.relative_to(repo).parts)}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Path:
+    repo = make_lab(tmp_path_factory.mktemp("queue"), sh)
+    sh("dvc repro -q prepare@lm && git add -A && git commit -qm baseline", repo)
+    yield repo
+    subprocess.run("dvc queue stop", shell=True, cwd=repo, env=ENV, capture_output=True, timeout=60)
+
+
+def test_two_queued_experiments_run_in_parallel_each_in_its_own_workspace(lab):
+    before = digest(lab)
+    out = sh("dvc exp run --queue exp-evaluate -S 'router=linear,attention' -S top_k=1", lab)
+    assert out.count("Queued experiment") == 2, out
+    assert "Started '2' new experiments task queue workers" in sh("dvc queue start -j 2", lab)
+    deadline = time.time() + 240
+    while True:
+        status = sh("dvc queue status", lab)
+        if not any(s in status for s in ("Queued", "Running")) or time.time() > deadline:
+            break
+        time.sleep(2)
+    tasks = [line.split() for line in status.splitlines() if line[:1].isalnum() and not line.startswith(("Task", "Worker"))]
+    assert len(tasks) == 2 and all(t[-1] == "Success" for t in tasks), status
+    for name in (t[1] for t in tasks):
+        log = sh(f"dvc queue logs {name}", lab)
+        assert "Running stage 'exp-train'" in log and "Running stage 'exp-evaluate'" in log, log
+        assert "Running stage 'train@" not in log, log
+
+    rows = list(csv.DictReader(io.StringIO(sh(f"dvc exp show --no-pager --csv --drop '.*' --keep '{KEEP}'", lab))))
+    assert {"router", "norm", "top_k", "model"} <= set(rows[0]), rows[0].keys()
+    exps = {r["router"]: r for r in rows if r["Experiment"]}
+    assert set(exps) == {"linear", "attention"}, rows
+    for router, r in exps.items():
+        assert r["State"] == "Success" and r["top_k"] == "1" and r["norm"] == "softmax" and r["model"] == "e8"
+        # the metrics are this experiment's own (its run config is recorded in them)
+        assert col(r, "train.json:_meta.config.name") == f"{router}-softmax-top1-e8", r
+        assert float(col(r, "test_ppl")) > 1 and float(col(r, "final_val_loss")) > 0
+    assert col(exps["linear"], "test_ppl") != col(exps["attention"], "test_ppl")
+
+    # the main workspace is untouched: same files, nothing to commit, no models/exp or metrics/exp written
+    assert digest(lab) == before
+    assert sh("git status --porcelain", lab).strip() == ""
+    assert not (lab / "models" / "exp").exists() and not (lab / "metrics" / "exp").exists()
+    assert yaml.safe_load((lab / "params.yaml").read_text())["top_k"] == 2
+    assert not list((lab / ".dvc" / "tmp" / "exps").glob("tmp*")), "temp workspaces left behind"

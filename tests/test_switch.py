@@ -1,0 +1,302 @@
+"""Summarisation: HF Switch Transformer with moelab MoE layers.
+
+Router swap against HF's own SparseMLP, the save_pretrained checkpoint path, seq2seq FLOPs against
+torch's flop counter, padding kept out of routing, the balancing loss, and ROUGE by hand.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from moelab.cli import main
+from moelab.config import ConfigError, load_params, resolve_run
+from moelab.models.lm import IGNORE
+from moelab.models.switch import MoESparseMLP, SwitchSeq2Seq, swap_sparse_mlps
+from moelab.moe import MoEConfig
+from moelab.moe.balancing import router_z_loss, switch_aux_loss
+from moelab.tasks.summarization import SummarizationTask, pad_batch, rouge_scores, seq2seq_flops_per_token
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 97
+
+
+def tiny_switch(expert_capacity: int = 64, vocab_size: int = 64, seed: int = 0):
+    """A random 2+2-layer Switch, every FFN sparse (4 experts), deterministic routing (no jitter/dropout)."""
+    from transformers import SwitchTransformersConfig, SwitchTransformersForConditionalGeneration
+    cfg = SwitchTransformersConfig(
+        vocab_size=vocab_size, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
+        num_sparse_encoder_layers=2, num_sparse_decoder_layers=2, num_experts=4, expert_capacity=expert_capacity,
+        router_jitter_noise=0.0, router_dtype="float32", dropout_rate=0.0, dense_act_fn="relu",
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(seed)
+    return SwitchTransformersForConditionalGeneration(cfg).eval()
+
+
+def hf_sparse_mlps(model) -> dict:
+    from transformers.models.switch_transformers.modeling_switch_transformers import SwitchTransformersSparseMLP
+    return {name: m for name, m in model.named_modules() if isinstance(m, SwitchTransformersSparseMLP)}
+
+
+# ------------------------------------------------------------------ 1. router swap is faithful
+# HF's Top1Router (transformers 5.x): argmax of softmax(x W_r); a token keeps its expert while the cumulative
+# count of that expert along the *sequence* (cumsum over dim -2, per batch row) is <= expert_capacity, so the
+# earliest tokens win and a dropped token gets zero MLP output; the kept output is scaled by the top-1 prob.
+# moelab with top_k=1, policy "position" and C = ceil(cf * T / E) per sequence is the same rule; with T = 16,
+# E = 4, cf = 0.75 gives C = 3 exactly (exact in binary: no float rounding in the ceil).
+@pytest.mark.parametrize("expert_capacity, capacity_factor", [(64, 0.0), (3, 0.75)], ids=["no-drops", "drops"])
+def test_swapped_sparse_mlps_match_hf_switch(expert_capacity, capacity_factor):
+    hf = tiny_switch(expert_capacity)
+    ours = copy.deepcopy(hf)
+    moe = MoEConfig(d_model=32, d_ff=64, n_experts=4, router="linear", norm="softmax", top_k=1,
+                    capacity_factor=capacity_factor, capacity_policy="position", activation="relu")
+    assert swap_sparse_mlps(ours, moe) == 4
+    assert not hf_sparse_mlps(ours), "every HF SparseMLP must be replaced"
+
+    # record each HF SparseMLP's (input, output) during one forward of the original model
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, (args[0], out)))
+             for name, m in hf_sparse_mlps(hf).items()]
+    torch.manual_seed(1)
+    ids, dec = torch.randint(2, 64, (3, 16)), torch.randint(2, 64, (3, 16))     # [B, S], [B, L]; S = L = 16
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, decoder_input_ids=dec).logits                 # [B, L, V]
+        mine = ours(input_ids=ids, decoder_input_ids=dec).logits
+        for h in hooks:
+            h.remove()
+        dropped = 0.0
+        for name, (x, y) in seen.items():                                         # x, y: [B, T, d]
+            wrapper = ours.get_submodule(name)
+            diff = (wrapper(x) - y).abs().max().item()
+            assert diff < 1e-5, f"{name}: max |moelab - HF| = {diff:.3g}"
+            dropped += wrapper.moe.last_stats.slots_dropped
+    assert len(seen) == 4
+    if capacity_factor > 0:
+        assert dropped > 0, "this case must exercise capacity drops"
+    else:
+        assert dropped == 0
+    diff = (mine - theirs).abs().max().item()
+    assert diff < 1e-5, f"logits: max |moelab - HF| = {diff:.3g}"
+
+
+# ------------------------------------------------------------------ 2. the save_pretrained path
+SMALL_RUN = dict(steps=3, batch_size=4, warmup_steps=0, eval_every=3, eval_batches=1, checkpoint_every=3)
+SMALL_EVAL = dict(batch_size=4, max_batches=1, samples=2, max_new_tokens=6, num_beams=1)
+
+
+def small_params(data: dict, pretrained: str | None = None) -> dict:
+    """The repo's params with a tiny summarisation run (and e8 = a 4-expert preset of `pretrained`)."""
+    s = data["summarization"]
+    s["data"].update(max_records=40, vocab_size=300, max_source_len=32, max_target_len=8)
+    s["train"].update(SMALL_RUN)
+    s["evaluate"].update(SMALL_EVAL)
+    if pretrained:
+        s["models"]["e8"].update(n_experts=4, pretrained=pretrained)   # matches the checkpoint
+        s["models"]["e16"].update(pretrained=pretrained)                # 16 != 4: must be refused
+    return data
+
+
+@pytest.fixture(scope="module")
+def summ_data(tmp_path_factory) -> Path:
+    """Prepared bundled summarisation corpus (40 pairs per split, BPE of 300)."""
+    tmp = tmp_path_factory.mktemp("summ")
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump(small_params(yaml.safe_load((ROOT / "params.yaml").read_text()))))
+    assert main(["prepare", "--task", "summarization", "--out", str(tmp / "data"), "--params", str(params)]) == 0
+    return tmp / "data"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, summ_data) -> tuple[Path, Path]:
+    """(a dir holding a random Switch in safetensors + a fast tokenizer, params.yaml whose presets use it)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+    tmp = tmp_path_factory.mktemp("pretrained")
+    ckpt = tmp / "switch-tiny"
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(summ_data / "tokenizer.json")),
+                                  pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    assert (tok.pad_token_id, tok.eos_token_id) == (0, 1)
+    model = tiny_switch(vocab_size=len(tok), seed=3)
+    model.config.output_router_logits = True          # load_hf must switch HF's router losses off again
+    model.save_pretrained(ckpt, safe_serialization=True)
+    tok.save_pretrained(ckpt)
+    assert (ckpt / "model.safetensors").exists()
+    params = tmp / "params.yaml"
+    params.write_text(yaml.safe_dump(small_params(yaml.safe_load((ROOT / "params.yaml").read_text()), str(ckpt))))
+    return ckpt, params
+
+
+def cli_cell(params: Path, data: Path, out: Path, task: str = "summarization", model: str = "e8",
+             gate: str = "softmax-top1") -> list[str]:
+    return ["--task", task, "--router", "linear", "--gate", gate, "--model", model, "--seed", "0",
+            "--params", str(params), "--data-dir", str(data), "--models-dir", str(out / "model"),
+            "--metrics-dir", str(out / "metrics"), "--quiet"]
+
+
+def test_pretrained_checkpoint_experts_are_loaded_into_moelab(checkpoint, summ_data):
+    from transformers import SwitchTransformersForConditionalGeneration
+    ckpt, params = checkpoint
+    run = resolve_run(load_params(params), task="summarization", router="linear", gate="softmax-top1", model="e8")
+    task = SummarizationTask(run, summ_data)
+    model = task.build_model()
+    reference = SwitchTransformersForConditionalGeneration.from_pretrained(ckpt)
+    assert model.n_swapped == 4 and task.vocab_size == reference.config.vocab_size
+    assert reference.config.output_router_logits is True and model.hf.config.output_router_logits is False
+    for name, sparse in hf_sparse_mlps(reference).items():
+        moe = model.hf.get_submodule(name).moe
+        assert moe.cfg.d_ff == 64 and moe.cfg.activation == "relu"     # sizes come from the checkpoint
+        for e in range(4):
+            expert = sparse.experts[f"expert_{e}"]
+            assert torch.equal(moe.experts.w_in[e], expert.wi.weight.T), f"{name} expert {e} w_in"
+            assert torch.equal(moe.experts.w_out[e], expert.wo.weight.T), f"{name} expert {e} w_out"
+        assert torch.equal(moe.router.proj.weight, sparse.router.classifier.weight)
+    # the raw texts are tokenised with the checkpoint's tokenizer, cut to max_source_len
+    batch = task.collate("train", [0, 1])                                 # input_ids [2, S <= 32]
+    assert batch["input_ids"].shape[1] <= run.data.max_source_len
+    assert task.decode(batch["input_ids"][0]).startswith("summarize: " + task.texts("train")["documents"][0][:10])
+
+
+def test_pretrained_checkpoint_trains_and_evaluates_through_the_cli(checkpoint, summ_data, tmp_path):
+    _, params = checkpoint
+    cell = cli_cell(params, summ_data, tmp_path)
+    assert main(["train", *cell]) == 0
+    assert main(["evaluate", *cell]) == 0
+    metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum", "val_rougeL"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert metrics["test_examples"] == SMALL_EVAL["batch_size"]
+    assert len(metrics["layers"]) == 4
+
+
+def test_preset_with_other_n_experts_than_the_checkpoint_is_one_config_error(checkpoint, summ_data, tmp_path,
+                                                                              capsys):
+    _, params = checkpoint
+    run = resolve_run(load_params(params), task="summarization", gate="softmax-top1", model="e16")
+    with pytest.raises(ConfigError, match="n_experts = 16 .* 4 experts"):
+        SummarizationTask(run, summ_data).build_model()
+    capsys.readouterr()
+    assert main(["train", *cli_cell(params, summ_data, tmp_path, model="e16")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "n_experts: 4" in err, err
+
+
+# ------------------------------------------------------------------ scratch models
+@pytest.fixture(scope="module")
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+def scratch(params, **kw) -> SwitchSeq2Seq:
+    run = resolve_run(params, task="summarization", **kw)
+    torch.manual_seed(0)
+    return SwitchSeq2Seq(run, VOCAB, pad_id=0, eos_id=1).eval()
+
+
+# ------------------------------------------------------------------ 3. seq2seq FLOPs
+@pytest.mark.parametrize("gate, router", [("softmax-top1", "linear"), ("sparsemax", "attention")])
+def test_seq2seq_flops_match_torch_flop_counter(params, gate, router):
+    model = scratch(params, gate=gate, router=router)
+    b, s, l = 2, 12, 7
+    ids, labels = torch.randint(2, VOCAB, (b, s)), torch.randint(2, VOCAB, (b, l))
+    # the math backend runs attention as plain (b)mm's, which the flop counter sees on CPU
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(ids, torch.ones_like(ids), labels)
+    realised = [layer.last_stats.slots_selected / layer.last_stats.tokens for layer in model.moe_layers()]
+    if gate == "softmax-top1":
+        assert realised == [1.0, 1.0]
+    else:
+        assert 1.0 < sum(realised) / len(realised) < 8.0, "sparsemax support: between top-1 and all experts"
+    analytic = seq2seq_flops_per_token(model.hf.config, s, l, router, realised)["total"]
+    measured = counter.get_total_flops() / (b * (s + l))
+    assert measured == pytest.approx(analytic, rel=1e-9)
+
+
+# ------------------------------------------------------------------ 4. padding is not routed
+def test_source_padding_changes_neither_routing_nor_outputs(params):
+    """[short, long] padded into one batch == each run alone: logits, expert loads and capacity drops
+    (capacity is per sequence of real tokens, so padding must not raise it either)."""
+    moe = dataclasses.replace(params.moe, capacity_factor=1.0, capacity_policy="position")
+    model = scratch(dataclasses.replace(params, moe=moe), gate="softmax-top1")
+    enc = model.moe_layers()[0]                                                # encoder layers come first
+    torch.manual_seed(2)
+    seqs = [torch.randint(2, VOCAB, (6,)), torch.randint(2, VOCAB, (10,))]
+    labels = torch.randint(2, VOCAB, (2, 5))                                   # [B, L], no target padding
+    ids, mask = pad_batch([s.numpy() for s in seqs], pad=0)                    # [2, 10]
+    ids[0, 6:] = torch.randint(2, VOCAB, (4,))                                 # padding content must not matter
+    with torch.no_grad():
+        batched = model(ids, mask.long(), labels)                              # [2, L, V]
+        stats, (pos, _) = copy.deepcopy(enc.last_stats), enc.last_assignment
+        alone, loads, drops = [], [], 0.0
+        for i, s in enumerate(seqs):
+            alone.append(model(s[None], torch.ones(1, len(s), dtype=torch.long), labels[i:i + 1])[0])
+            loads.append(enc.last_stats.tokens_per_expert)
+            drops += enc.last_stats.slots_dropped
+    for i in range(2):
+        diff = (batched[i] - alone[i]).abs().max().item()
+        assert diff < 1e-5, f"example {i}: padding changed the logits by {diff:.3g}"
+    assert stats.tokens == stats.slots_selected == 16, "padding tokens were routed"
+    assert not bool(((pos >= 6) & (pos < 10)).any()), "a padding position was computed by an expert"
+    assert torch.equal(stats.tokens_per_expert, loads[0] + loads[1])
+    assert drops > 0 and stats.slots_dropped == drops
+
+
+# ------------------------------------------------------------------ 5. balancing loss
+def test_training_loss_is_ce_and_every_moe_layer_balancing_loss_counts_once(params):
+    model = scratch(params, gate="softmax-top2")
+    assert model.hf.config.output_router_logits is False
+    inputs = {}
+    hooks = [m.moe.register_forward_hook(lambda mod, args, out: inputs.__setitem__(mod, args))
+             for m in model.modules() if isinstance(m, MoESparseMLP)]
+    batch = {"input_ids": torch.randint(2, VOCAB, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long),
+             "labels": torch.randint(2, VOCAB, (2, 5))}
+    batch["labels"][0, 3:] = IGNORE
+    loss, info = model.loss(batch)
+    for h in hooks:
+        h.remove()
+    # the task loss is plain CE over real targets: no HF router z/aux loss folded in
+    logits = model(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    ce = F.cross_entropy(logits.reshape(-1, VOCAB), batch["labels"].reshape(-1), ignore_index=IGNORE)
+    assert info["tokens"] == 8 and loss.item() == pytest.approx(ce.item(), rel=1e-6)
+    # recompute each layer's aux + z loss from its own router on the tokens it saw
+    layers = model.moe_layers()
+    assert len(layers) == len(inputs) == model.n_swapped == 2
+    expected = torch.zeros(())
+    for layer in layers:
+        x, mask = inputs[layer]                                   # [B, T, d], [B, T] bool
+        h = x[mask] if mask is not None else x.reshape(-1, x.shape[-1])
+        scores = layer.router(h.float())                          # [N, E]
+        weights = scores.softmax(-1)
+        top = weights.topk(2, -1).indices.reshape(-1)             # [N * k]
+        cfg = layer.cfg
+        assert cfg.aux_loss_coef > 0 and cfg.z_loss_coef > 0
+        expected = expected + cfg.aux_loss_coef * switch_aux_loss(weights, top, cfg.n_experts) \
+            + cfg.z_loss_coef * router_z_loss(scores)
+    assert model.balancing_loss().item() == pytest.approx(expected.item(), rel=1e-5)
+    assert model.balancing_loss().item() == pytest.approx(sum(l.balancing_loss.item() for l in layers), rel=1e-6)
+
+
+# ------------------------------------------------------------------ 6. ROUGE
+def test_rouge_by_hand():
+    # 1: "the cat sat" vs "the cat ran": unigrams 2/3, bigrams {the cat} 1/2, LCS 2 -> 2/3
+    # 2: identical -> 1.0 everywhere; means: rouge1 = (2/3 + 1) / 2, rouge2 = (1/2 + 1) / 2
+    m = rouge_scores(["the cat sat", "a dog barked"], ["the cat ran", "a dog barked"])
+    assert m["rouge1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["rouge2"] == pytest.approx((1 / 2 + 1) / 2)
+    assert m["rougeL"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_rouge_lsum_splits_sentences_on_newlines():
+    # swapped sentences: L sees "red fox blue sky" vs "blue sky red fox" (LCS 2 of 4 -> 0.5);
+    # Lsum takes the union LCS per reference sentence (each sentence matched whole -> 1.0)
+    m = rouge_scores(["red fox\nblue sky"], ["blue sky\nred fox"])
+    assert m["rougeL"] == pytest.approx(0.5)
+    assert m["rougeLsum"] == pytest.approx(1.0)
+    assert m["rouge1"] == pytest.approx(1.0)
