@@ -89,6 +89,7 @@ def _write_run(root: Path, gating: str, size: str, seed: int, ppl: float, norm: 
           "dropped_fraction": 0.0, "layers": layers, "specialisation": spec, "_meta": {"config": config}}
     (run / "eval.json").write_text(json.dumps(ev))
     (run / "train.json").write_text(json.dumps({"wall_s": 1.0 + seed, "_meta": {"config": config}}))
+    (run.parent / "benchmark.json").write_text(json.dumps({"forward_ms": 3.0}))   # per variant, not per seed
 
 
 def test_report_on_synthetic_tree(tmp_path):
@@ -106,6 +107,8 @@ def test_report_on_synthetic_tree(tmp_path):
     assert ppl["ci95"] == pytest.approx(4.303 / math.sqrt(3))
     wall = on_disk["lm"]["linear-softmax-top2"]["e8"]["wall_s"]
     assert wall["mean"] == pytest.approx(2.0)
+    latency = on_disk["lm"]["linear-softmax-top2"]["e8"]["forward_ms"]
+    assert latency["n"] == 1 and latency["ci95"] is None     # one measurement, not three identical "seeds"
 
     md = (metrics / "summary.md").read_text()
     assert "**102 ± 2.484**" in md                                  # separated from 220 ± 24.8: claimed

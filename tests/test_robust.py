@@ -21,13 +21,23 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "prepared" / "lm"
+DATA = ROOT / "data" / "prepared" / "lm"       # a fresh clone (CI) has none: see _prepared_data
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "PYTHONUNBUFFERED": "1"}
 VOLATILE = {"wall_s", "train_tokens_per_s", "resumed_from_step"}
 
-pytestmark = pytest.mark.skipif(not (DATA / "train.npy").exists(),
-                                reason="run `moelab prepare --task lm` first (data/prepared/lm)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _prepared_data(tmp_path_factory) -> Path:
+    """The workspace's prepared LM data; where there is none (a fresh clone, CI), the bundled corpus
+    prepared into a temp dir (~3 s), so these tests always run."""
+    global DATA
+    if not (DATA / "train.npy").exists():
+        from moelab.cli import main
+        DATA = tmp_path_factory.mktemp("prepared") / "lm"
+        assert main(["prepare", "--task", "lm", "--out", str(DATA), "--params", str(ROOT / "params.yaml")]) == 0
+    return DATA
 
 
 def tiny_params(path: Path, steps: int = 40, **overrides) -> Path:
@@ -48,8 +58,8 @@ def tiny_params(path: Path, steps: int = 40, **overrides) -> Path:
     return path
 
 
-def cli(stage: str, params: Path, work: Path, *extra: str, data: Path = DATA) -> list[str]:
-    return [sys.executable, "-m", "moelab", stage, "--params", str(params), "--data-dir", str(data),
+def cli(stage: str, params: Path, work: Path, *extra: str, data: Path | None = None) -> list[str]:
+    return [sys.executable, "-m", "moelab", stage, "--params", str(params), "--data-dir", str(data or DATA),
             "--models-dir", str(work / "models"), "--metrics-dir", str(work / "metrics"), *extra]
 
 
@@ -125,6 +135,23 @@ def test_resume_of_finished_run_changes_nothing(tmp_path):
     ckpt = digest(tmp_path / "models")
     assert run_cli(cli("train", params, tmp_path, "--quiet")).returncode == 0
     assert metrics_of(tmp_path) == before and digest(tmp_path / "models") == ckpt
+
+
+def test_resume_with_another_world_size_is_refused(tmp_path):
+    """The global batch is batch_size x world size: resuming a 2-rank checkpoint on 1 process would
+    silently change it mid-run, so it is refused with one line and the checkpoint is kept."""
+    params = tiny_params(tmp_path / "params.yaml", steps=10)
+    assert run_cli(cli("train", params, tmp_path, "--quiet", "--stop-after", "5")).returncode == 0
+    latest = tmp_path / "models" / "latest.pt"
+    state = torch.load(latest, weights_only=True)
+    assert state["world_size"] == 1
+    state["world_size"] = 2                  # as if written by `torchrun --nproc_per_node 2`
+    torch.save(state, latest)
+    before = digest(tmp_path / "models")
+    r = run_cli(cli("train", params, tmp_path, "--quiet"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "world size 2" in r.stderr and "--nproc_per_node 2" in r.stderr
+    assert digest(tmp_path / "models") == before
 
 
 # ---------------------------------------------------------------- atomic writes

@@ -146,8 +146,10 @@ def loss_curves(task: str, runs: list[dict]):
     lo = min(min(r["val"].values(), default=math.inf) for r in runs)
     lo = min(lo, min(min(_smooth(np.array(list(r["train"].values()))), default=math.inf)
                      for r in runs if r["train"]))
-    first = np.median([r["train"][min(r["train"])] for r in runs if r["train"]] or [lo + 1])
-    axes[0][0].set_ylim(lo - 0.1 * (first - lo), first + 0.05 * (first - lo))
+    # top: the highest smoothed training loss (the start for LM; classification rises before it falls)
+    top = max((float(_smooth(np.array(list(r["train"].values()))).max()) for r in runs if r["train"]),
+              default=lo + 1)
+    axes[0][0].set_ylim(lo - 0.1 * (top - lo), top + 0.05 * (top - lo))
     axes[0][-1].legend(loc="upper right", fontsize=8, title="gating (mean over seeds)", title_fontsize=8)
     fig.suptitle(f"{task}: training and validation loss", fontsize=13)
     fig.tight_layout()
@@ -175,8 +177,12 @@ def quality_flops(task: str, gatings: dict):
     colours = _colours(sorted(gatings))
     sizes = sorted({s for _, s, _ in cells}, key=lambda s: (len(s), s))
     markers = dict(zip(sizes, "osD^vP*X"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(7.5 * len(keys), 5.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    ncols = min(2, len(keys))                        # ROUGE-1/2/L/Lsum: a 2 x 2 grid, not one long row
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(7.5 * ncols, 5.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    for ax, key in zip(axes.flat, keys):
         label, lower = QUALITY[key]
         here = [(g, s, m) for g, s, m in cells if key in m]
         pts = [(m["flops_per_token"]["mean"], m[key]["mean"]) for _, _, m in here]

@@ -49,6 +49,7 @@ def describe(values: list[float]) -> dict:
 def collect(metrics_dir: Path) -> dict:
     """{task: {gating: {size: {metric: [values over seeds]}}}} from metrics/study/<task>/<variant>/..."""
     cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
+    benchmarked: set[Path] = set()
     for eval_path in sorted(metrics_dir.glob("*/*/s*/eval.json")):
         seed_dir, variant_dir = eval_path.parent, eval_path.parent.parent
         ev = read_json(eval_path)
@@ -56,7 +57,11 @@ def collect(metrics_dir: Path) -> dict:
         task, gating, size = config.get("task"), config.get("gating"), config.get("model")
         if not (task and gating and size):
             continue
-        sources = {"eval": ev, "train": _maybe(seed_dir / "train.json"), "benchmark": _maybe(variant_dir / "benchmark.json")}
+        # benchmark.json is per variant, not per seed: counted once (n = 1), not repeated as if it varied
+        first_seed = variant_dir not in benchmarked
+        benchmarked.add(variant_dir)
+        sources = {"eval": ev, "train": _maybe(seed_dir / "train.json"),
+                   "benchmark": _maybe(variant_dir / "benchmark.json") if first_seed else {}}
         for source, key, _, _ in COLUMNS:
             value = sources[source].get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):

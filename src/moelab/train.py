@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import config_fingerprint, load_checkpoint, load_model_state, save_checkpoint
+from .checkpoint import CheckpointError, config_fingerprint, load_checkpoint, load_model_state, save_checkpoint
 from .config import RunConfig
 from .io import remove_stale_temps, write_metrics
 from .tasks import build_task
@@ -198,6 +198,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     if latest.exists():
         state = load_checkpoint(latest)
         load_model_state(model, state, latest, config, ignore=("evaluate",))
+        _check_world_size(state, latest, env)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -212,6 +213,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     def snapshot() -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "step": step, "best_val": best_val, "history": history, "config": config_fingerprint(config),
+                "world_size": env.world,
                 "rng": {"torch": torch.get_rng_state(), "data": data_gen.get_state(),
                         "python": _py_rng_state(random.getstate())}}
 
@@ -281,6 +283,15 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
         write_metrics(metrics_path, metrics, config)
     env.barrier()
     return metrics
+
+
+def _check_world_size(state: dict, path: Path, env: DistEnv) -> None:
+    """The global batch is batch_size x world size: resuming with another world size would change it mid-run."""
+    written_by = state.get("world_size", 1)
+    if written_by != env.world:
+        raise CheckpointError(f"checkpoint {path} was written by a run with world size {written_by}, this run has "
+                              f"world size {env.world}: resume with `torchrun --nproc_per_node {written_by}` "
+                              f"(the same global batch), or delete it to restart")
 
 
 def _wrap_ddp(model, env):

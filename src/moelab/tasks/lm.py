@@ -120,7 +120,7 @@ class LMTask:
             k = min(top, int((counts > 0).sum()))
             best = counts.topk(k).indices.tolist() if k else []
             experts.append({"expert": e, "tokens": int(counts.sum()), "top": [
-                {"token": self.decode([t]), "count": int(counts[t]),
+                {"token": self.tokenizer.decode([t], skip_special_tokens=False), "count": int(counts[t]),
                  "share": round(float(counts[t]) / max(float(occurrences[t]), 1.0), 4)} for t in best]})
         return {"layer": layer, "split": "test", "experts": experts}
 
