@@ -46,7 +46,8 @@ def _why(err: Exception) -> str:
         found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+)", text)
         return ("it holds objects other than tensors and plain values, which are refused because unpickling "
                 f"them could run code{': ' + found.group(1) if found else ''}")
-    if "zip archive" in text or "central directory" in text or isinstance(err, EOFError):
+    # a cut-off zip: "failed finding central directory", EOFError, or OSError [Errno 22] from the zip reader
+    if "zip archive" in text or "central directory" in text or isinstance(err, (EOFError, OSError)):
         return "truncated or not a torch checkpoint"
     return text[:160] or type(err).__name__
 

@@ -206,9 +206,18 @@ def resolve_run(params: Params, *, task: str | None = None, router: str | None =
     try:
         moe.validate(where="params")
     except ValueError as err:
-        raise ConfigError(f"params.yaml: {err}".replace("params.n_experts", f"{task}.models.{model}.n_experts")) from None
+        raise ConfigError(f"params.yaml: {_params_key(str(err), task, model, gate)}") from None
     gating = f"{router}-{gate or gate_name(params, norm, top_k)}"
     return RunConfig(task, f"{gating}-{model}", gating, model, seed, preset, moe, preset.d_ff, tp.data, tp.train, tp.evaluate)
+
+
+def _params_key(message: str, task: str, model: str, gate: str | None) -> str:
+    """MoEConfig.validate says `params.<field>`; name the params.yaml key the value came from instead."""
+    where = {"n_experts": f"{task}.models.{model}.n_experts", "activation": f"{task}.models.{model}.activation",
+             "router": "router", "norm": "norm" if gate is None else f"gate_presets.{gate}.norm",
+             "top_k": "top_k" if gate is None else f"gate_presets.{gate}.top_k"}
+    field = message.split(" ", 1)[0].removeprefix("params.")
+    return message.replace(f"params.{field}", where.get(field, f"moe.{field}"), 1)
 
 
 def _preset(tp: TaskParams, model: str, task: str, key: str) -> ModelPreset:
