@@ -7,16 +7,22 @@ from pathlib import Path
 import numpy as np
 
 from ..config import DataParams
-from ..io import atomic_write_bytes, write_metrics
+from ..io import atomic_write_bytes, atomic_write_text, write_metrics
+from .corpora import SPLITS
 from .tokenizer import special_id, train_bpe
-
-SPLITS = ("train", "validation", "test")
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
     import io
     buf = io.BytesIO()
     np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    import io
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -54,7 +60,6 @@ def prepare_summarization(data: DataParams, out: Path, seed: int = 0) -> dict:
     summaries. Sources are "summarize: " + document, cut to max_source_len; targets to max_target_len.
     A pretrained Switch run re-tokenises the raw texts with its own tokenizer.
     """
-    import io
     from .corpora import summarization_splits
     splits = summarization_splits(data.source, document_column=data.document_column,
                                   summary_column=data.summary_column, max_records=data.max_records,
@@ -71,9 +76,7 @@ def prepare_summarization(data: DataParams, out: Path, seed: int = 0) -> dict:
         atomic_write_bytes(out / f"{split}.json", json.dumps({"documents": docs, "summaries": sums}).encode())
         src = encode_truncated(tok, [SUMMARIZE_PREFIX + d for d in docs], data.max_source_len, eos)
         tgt = encode_truncated(tok, sums, data.max_target_len, eos)
-        buf = io.BytesIO()
-        np.savez(buf, **_ragged_arrays("source", src), **_ragged_arrays("target", tgt))
-        atomic_write_bytes(out / f"{split}.npz", buf.getvalue())
+        save_npz(out / f"{split}.npz", **_ragged_arrays("source", src), **_ragged_arrays("target", tgt))
         stats[f"{split}_pairs"] = len(docs)
         stats[f"{split}_source_tokens"] = sum(map(len, src))
         stats[f"{split}_target_tokens"] = sum(map(len, tgt))
@@ -82,21 +85,18 @@ def prepare_summarization(data: DataParams, out: Path, seed: int = 0) -> dict:
 
 def prepare_classification(data: DataParams, out: Path, seed: int = 0) -> dict:
     """Per split: {split}.npz with ragged BPE ids (cut to seq_len) and labels; labels.json; texts."""
-    import io
     from .corpora import classification_splits
     splits, names = classification_splits(data.source, text_column=data.text_column,
                                           label_column=data.label_column, max_records=data.max_records,
                                           seed=seed, val_frac=data.val_frac, test_frac=data.test_frac)
     tok = train_bpe([t for t, _ in splits["train"]], data.vocab_size, out / "tokenizer.json")
-    (out / "labels.json").write_text(json.dumps(names))
+    atomic_write_text(out / "labels.json", json.dumps(names))
     stats = {"vocab_size": tok.get_vocab_size(), "labels": names}
     for split in SPLITS:
         texts = [t for t, _ in splits[split]]
         ids = [enc.ids[:data.seq_len] or [special_id(tok, "<unk>")] for enc in tok.encode_batch(texts)]
         labels = np.asarray([y for _, y in splits[split]], dtype=np.int64)
-        buf = io.BytesIO()
-        np.savez(buf, **_ragged_arrays("text", ids), labels=labels)
-        atomic_write_bytes(out / f"{split}.npz", buf.getvalue())
+        save_npz(out / f"{split}.npz", **_ragged_arrays("text", ids), labels=labels)
         atomic_write_bytes(out / f"{split}.json", json.dumps({"texts": texts}).encode())
         stats[f"{split}_examples"] = len(texts)
         stats[f"{split}_tokens"] = sum(map(len, ids))
