@@ -53,9 +53,8 @@ def _quiet_hf() -> None:
 
 
 def cmd_train(args) -> None:
-    from .train import check_prepared, train
+    from .train import train
     _, run = _run(args)
-    check_prepared(args.data_dir or f"data/prepared/{run.task}", run.task)
     out = Path(args.metrics_dir)
     metrics = train(run, args.data_dir or f"data/prepared/{run.task}", args.models_dir, out / "train.json",
                     live_dir=out / "live", progress=not args.quiet, stop_after=args.stop_after)
@@ -66,9 +65,7 @@ def cmd_train(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from .evaluate import evaluate
-    from .train import check_prepared
     _, run = _run(args)
-    check_prepared(args.data_dir or f"data/prepared/{run.task}", run.task)
     out = Path(args.metrics_dir)
     m = evaluate(run, args.data_dir or f"data/prepared/{run.task}", args.models_dir, out / "eval.json",
                  out / "samples.md", progress=not args.quiet)

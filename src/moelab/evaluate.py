@@ -56,6 +56,7 @@ def evaluate(run: RunConfig, data_dir: str | Path, model_dir: str | Path, metric
              samples_path: str | Path | None = None, progress: bool = True) -> dict:
     torch.manual_seed(run.seed)
     task = build_task(run, Path(data_dir))
+    task.check_data()                        # every split readable before the checkpoint is loaded
     model = load_trained(run, task, Path(model_dir))
     collector = StatsCollector(model)
     with torch.no_grad():

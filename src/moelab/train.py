@@ -22,42 +22,6 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def check_prepared(data_dir: str | Path, task: str) -> None:
-    """Fail early, before anything is written, when the prepared data of `task` is missing or broken."""
-    import numpy as np
-    from .data.corpora import DataError
-    data_dir = Path(data_dir)
-    redo = f"run `moelab prepare --task {task} --out {data_dir}` (or `dvc repro prepare@{task}`)"
-    if not data_dir.is_dir():
-        raise DataError(f"prepared data directory {data_dir} not found: {redo}")
-    if task != "lm":
-        return
-    tok = data_dir / "tokenizer.json"
-    if not tok.is_file():
-        raise DataError(f"{tok} not found (data not prepared): {redo}")
-    try:
-        from .data.tokenizer import load_tokenizer
-        vocab = load_tokenizer(tok).get_vocab_size()
-    except Exception as err:   # noqa: BLE001 - any parse failure means the same thing
-        raise DataError(f"{tok} is not a readable tokenizer ({' '.join(str(err).split())[:120]}): {redo}") from None
-    for split in ("train", "validation", "test"):
-        path = data_dir / f"{split}.npy"
-        if not path.is_file():
-            raise DataError(f"{path} not found (data not prepared): {redo}")
-        try:
-            ids = np.load(path, allow_pickle=False, mmap_mode="r")
-        except Exception as err:   # noqa: BLE001 - truncated, not .npy, or an object array
-            raise DataError(f"{path} is not a readable token array ({' '.join(str(err).split())[:120]}): {redo}") from None
-        if ids.ndim != 1 or ids.dtype.kind not in "iu":
-            raise DataError(f"{path} holds a {ids.dtype} array of shape {ids.shape}, not a 1-D stream of token ids: {redo}")
-        if ids.size < 2:
-            raise DataError(f"{path} holds {ids.size} tokens: the {split} split is empty; use a larger corpus "
-                            f"({task}.data.source / max_records / val_frac / test_frac) and {redo}")
-        if int(ids.max()) >= vocab or int(ids.min()) < 0:
-            raise DataError(f"{path} has token ids outside the tokenizer's vocabulary of {vocab}: "
-                            f"the data and tokenizer.json are from different prepare runs; {redo}")
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -183,8 +147,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     tp = run.train
     seed_everything(run.seed)
     task = build_task(run, data_dir)
-    for split in ("train", "validation") if hasattr(task, "stream") else ():   # load the data before writing
-        task.stream(split)
+    task.check_data()                        # every split readable before anything is written
     if env.main:
         remove_stale_temps(out_dir)          # half-written checkpoints of a killed run
     model = task.build_model().to(env.device)

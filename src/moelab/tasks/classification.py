@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 
 from ..config import RunConfig
-from ..data.prepare import load_ragged_npz
+from ..data.prepare import SPLITS, load_ragged_npz
 from ..data.tokenizer import load_tokenizer, special_id
 from ..models.classifier import EncoderClassifier
 from .summarization import pad_batch, row_batches
@@ -59,6 +59,11 @@ class ClassificationTask:
         if split not in self._splits:
             self._splits[split] = load_ragged_npz(self.data_dir / f"{split}.npz")
         return self._splits[split]
+
+    def check_data(self) -> None:
+        """Load every split, so a missing file fails before anything is written."""
+        for split in SPLITS:
+            self.split(split)
 
     def collate(self, split: str, rows: list[int]) -> dict:
         data = self.split(split)

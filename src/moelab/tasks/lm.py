@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
+from ..data.corpora import SPLITS, DataError
 from ..data.tokenizer import load_tokenizer, special_id
 from ..models.lm import IGNORE, DecoderLM
+from . import prepare_hint
 
 
 class LMTask:
@@ -19,23 +21,50 @@ class LMTask:
 
     def __init__(self, run: RunConfig, data_dir: Path):
         self.run, self.data_dir = run, data_dir
-        self.tokenizer = load_tokenizer(data_dir / "tokenizer.json")
+        self.redo = prepare_hint(self.name, data_dir)
+        self.tokenizer = self._load_tokenizer(data_dir / "tokenizer.json")
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.eos = special_id(self.tokenizer, "<eos>")
         self.pad = special_id(self.tokenizer, "<pad>")
         self.seq_len = run.data.seq_len
         self._streams: dict[str, torch.Tensor] = {}
 
+    def _load_tokenizer(self, path: Path):
+        if not path.is_file():
+            raise DataError(f"{path} not found (data not prepared): {self.redo}")
+        try:
+            return load_tokenizer(path)
+        except Exception as err:   # noqa: BLE001 - any parse failure means the same thing
+            raise DataError(f"{path} is not a readable tokenizer ({' '.join(str(err).split())[:120]}): {self.redo}") from None
+
+    def check_data(self) -> None:
+        """Load and validate every split, so a broken file fails before anything is written."""
+        for split in SPLITS:
+            self.stream(split)
+
     def stream(self, split: str) -> torch.Tensor:
+        """The split's token ids [n] (int64), validated against the tokenizer on first use."""
         if split not in self._streams:
-            path = self.data_dir / f"{split}.npy"
-            if not path.exists():
-                raise FileNotFoundError(f"{path} not found: run the prepare stage first")
-            ids = torch.from_numpy(np.load(path, allow_pickle=False).astype(np.int64))
-            if ids.numel() < 2:
-                raise ValueError(f"{path} holds {ids.numel()} tokens: the {split} split is empty")
-            self._streams[split] = ids
+            self._streams[split] = torch.from_numpy(self._load_ids(split).astype(np.int64))
         return self._streams[split]
+
+    def _load_ids(self, split: str) -> np.ndarray:
+        path = self.data_dir / f"{split}.npy"
+        if not path.is_file():
+            raise DataError(f"{path} not found (data not prepared): {self.redo}")
+        try:
+            ids = np.load(path, allow_pickle=False)
+        except Exception as err:   # noqa: BLE001 - truncated, not .npy, or an object array
+            raise DataError(f"{path} is not a readable token array ({' '.join(str(err).split())[:120]}): {self.redo}") from None
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise DataError(f"{path} holds a {ids.dtype} array of shape {ids.shape}, not a 1-D stream of token ids: {self.redo}")
+        if ids.size < 2:
+            raise DataError(f"{path} holds {ids.size} tokens: the {split} split is empty; use a larger corpus "
+                            f"({self.name}.data.source / max_records / val_frac / test_frac) and {self.redo}")
+        if int(ids.max()) >= self.vocab_size or int(ids.min()) < 0:
+            raise DataError(f"{path} has token ids outside the tokenizer's vocabulary of {self.vocab_size}: "
+                            f"the data and tokenizer.json are from different prepare runs; {self.redo}")
+        return ids
 
     def build_model(self) -> DecoderLM:
         return DecoderLM(self.vocab_size, self.seq_len, self.run)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..config import RunConfig
-from ..data.prepare import SUMMARIZE_PREFIX, load_ragged_npz
+from ..data.prepare import SPLITS, SUMMARIZE_PREFIX, load_ragged_npz
 from ..data.tokenizer import load_tokenizer, special_id
 from ..models.lm import IGNORE
 from ..models.switch import SwitchSeq2Seq, scratch_config
@@ -131,6 +131,11 @@ class SummarizationTask:
             else:
                 self._splits[split] = load_ragged_npz(self.data_dir / f"{split}.npz")
         return self._splits[split]
+
+    def check_data(self) -> None:
+        """Load every split, so a missing file fails before anything is written."""
+        for split in SPLITS:
+            self.split(split)
 
     def collate(self, split: str, rows: list[int]) -> dict:
         """input_ids/attention_mask [B, S_max], labels [B, L_max] (padding = IGNORE)."""
