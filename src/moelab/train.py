@@ -151,6 +151,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     if env.main:
         remove_stale_temps(out_dir)          # half-written checkpoints of a killed run
     model = task.build_model().to(env.device)
+    model.record_routing_stats(False)        # only evaluate / benchmark read them
     optimizer = torch.optim.AdamW(param_groups(model, tp.weight_decay), lr=tp.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tp.warmup_steps, tp.steps, tp.min_lr_ratio))

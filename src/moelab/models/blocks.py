@@ -76,6 +76,10 @@ class MoEModelMixin:
         layers = self.moe_layers()
         return sum((l.balancing_loss for l in layers), torch.zeros(()))
 
+    def record_routing_stats(self, on: bool) -> None:
+        for layer in self.moe_layers():
+            layer.record_stats = on
+
     def update_selection_bias(self) -> None:
         for layer in self.moe_layers():
             layer.selection_bias.update()

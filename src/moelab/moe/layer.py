@@ -20,7 +20,9 @@ class MoELayer(nn.Module):
     After each forward, `balancing_loss` holds this layer's weighted aux + z loss (a scalar tensor)
     and `last_stats` its RoutingStats. Padding tokens (token_mask False) are not routed, not
     computed, and not counted in losses or statistics. `last_assignment` holds the (position, expert)
-    pairs of the computed slots; position indexes the flattened [B * T] input.
+    pairs of the computed slots; position indexes the flattened [B * T] input. Both are only recorded
+    while `record_stats` is True (the default; training turns it off: nothing reads them there, and
+    the entropy and CPU copies would sync the device every layer, every step).
     """
 
     def __init__(self, cfg: MoEConfig):
@@ -35,6 +37,7 @@ class MoELayer(nn.Module):
         self.balancing_loss = torch.zeros(())
         self.last_stats = RoutingStats()
         self.last_assignment: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.record_stats = True
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = x.shape
@@ -56,10 +59,11 @@ class MoELayer(nn.Module):
         out, tokens_per_expert = dispatch_combine(h, kept.token, kept.expert, kept.weight,
                                                   self.experts, self.cfg.n_experts)
         self.balancing_loss = self._balancing_loss(scores, weights, slots.expert)
-        self.last_stats = RoutingStats(float(h.shape[0]), float(n_selected), float(n_dropped),
-                                       routing_entropy_sum(weights), tokens_per_expert.detach().cpu(),
-                                       experts_per_token_hist(kept.token, h.shape[0], self.cfg.n_experts))
-        self.last_assignment = (real[kept.token].detach(), kept.expert.detach())
+        if self.record_stats:
+            self.last_stats = RoutingStats(float(h.shape[0]), float(n_selected), float(n_dropped),
+                                           routing_entropy_sum(weights), tokens_per_expert.detach().cpu(),
+                                           experts_per_token_hist(kept.token, h.shape[0], self.cfg.n_experts))
+            self.last_assignment = (real[kept.token].detach(), kept.expert.detach())
         full = torch.zeros_like(flat).index_copy_(0, real, out.to(flat.dtype))
         return full.reshape(b, t, d)
 
