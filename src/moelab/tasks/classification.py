@@ -9,10 +9,10 @@ from typing import Iterator
 import torch
 
 from ..config import RunConfig
-from ..data.prepare import SPLITS, load_ragged_npz
+from ..data.prepare import load_ragged_npz
 from ..data.tokenizer import load_tokenizer, special_id
 from ..models.classifier import EncoderClassifier
-from .summarization import pad_batch, row_batches
+from .summarization import SplitsChecked, pad_batch, row_batches
 
 
 def accuracy_macro_f1(pred: list[int], true: list[int], n_classes: int) -> tuple[float, float]:
@@ -38,7 +38,7 @@ def classifier_flops_per_token(run: RunConfig, n_classes: int, context: int,
     return out
 
 
-class ClassificationTask:
+class ClassificationTask(SplitsChecked):
     name = "classification"
     quality_metric = "accuracy"
 
@@ -59,11 +59,6 @@ class ClassificationTask:
         if split not in self._splits:
             self._splits[split] = load_ragged_npz(self.data_dir / f"{split}.npz")
         return self._splits[split]
-
-    def check_data(self) -> None:
-        """Load every split, so a missing file fails before anything is written."""
-        for split in SPLITS:
-            self.split(split)
 
     def collate(self, split: str, rows: list[int]) -> dict:
         data = self.split(split)

@@ -42,6 +42,15 @@ def row_batches(n: int, batch_size: int, max_batches: int | None = None) -> Iter
         yield list(range(first, min(first + batch_size, n)))
 
 
+class SplitsChecked:
+    """For tasks whose splits load through self.split(name): check_data loads every one of them,
+    so a missing or broken file fails before anything is written."""
+
+    def check_data(self) -> None:
+        for split in SPLITS:
+            self.split(split)
+
+
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L/Lsum F-measure (0..1), Porter stemming; Lsum splits sentences on newlines."""
     from rouge_score import rouge_scorer
@@ -92,7 +101,7 @@ def seq2seq_flops_per_token(cfg, n_source: int, n_target: int, router: str | Non
     return out
 
 
-class SummarizationTask:
+class SummarizationTask(SplitsChecked):
     name = "summarization"
     quality_metric = "rougeL"
 
@@ -131,11 +140,6 @@ class SummarizationTask:
             else:
                 self._splits[split] = load_ragged_npz(self.data_dir / f"{split}.npz")
         return self._splits[split]
-
-    def check_data(self) -> None:
-        """Load every split, so a missing file fails before anything is written."""
-        for split in SPLITS:
-            self.split(split)
 
     def collate(self, split: str, rows: list[int]) -> dict:
         """input_ids/attention_mask [B, S_max], labels [B, L_max] (padding = IGNORE)."""
