@@ -26,3 +26,14 @@ def params_file(tmp_path, repo_params):
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
     return write
+
+
+def loop_experts(model):
+    """Run every MoE layer's experts as a Python loop of plain matmuls (the fallback path), so that
+    torch's FlopCounterMode counts them with its own mm formula: an independent reference, not the
+    grouped-matmul formula moelab registers (which tests/test_bench.py checks against this)."""
+    from moelab.moe import MoELayer
+    for m in model.modules():
+        if isinstance(m, MoELayer):
+            m.experts.use_grouped_mm = False
+    return model

@@ -14,7 +14,8 @@ def tiny(params: dict) -> dict:
     params["lm"]["data"].update(max_records=40, vocab_size=300, seq_len=32)
     params["lm"]["train"].update(steps=6, batch_size=4, eval_every=3, eval_batches=2, checkpoint_every=3, warmup_steps=2)
     params["lm"]["evaluate"].update(max_batches=2, samples=1, sample_tokens=8)
-    params["benchmark"].update(batch_size=2, repeats=1, warmup=1)
+    params["benchmark"].update(batch_size=2, repeats=10, warmup=1)
+    params["benchmark"]["layer"].update(tokens=[64], d_model=32, d_ff=64, n_experts=4, repeats=10, warmup=1)
     return params
 
 

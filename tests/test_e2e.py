@@ -36,8 +36,22 @@ def test_repro_writes_metrics_for_every_variant(lab):
         png = lab / "plots" / f"lm_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plots/lm_{name}.png" in figures
     assert any(k.endswith("/live/plots/metrics/train/loss.tsv") for k in figures)   # DVCLive curves
-    assert "is up to date" in sh("dvc repro", lab) or "didn't change" in sh("dvc repro", lab)
+    again = sh("dvc repro", lab)
+    assert "Running stage 'benchmark'" in again, "timings are re-measured on every repro (always_changed)"
+    assert "Running stage 'train@" not in again and "Running stage 'evaluate@" not in again
     sh("git add -A && git commit -qm baseline", lab)
+
+
+def test_benchmark_stage_measures_every_variant_and_the_layer(lab):
+    for variant in ("linear-softmax-top2-e8", "dense"):
+        bench = json.loads((lab / "metrics" / "bench" / "lm" / f"{variant}.json").read_text())
+        assert bench["flops_analytic_over_counted"] == pytest.approx(1.0, rel=1e-9)
+        assert bench["train_step_p90_ms"] >= bench["train_step_ms"] > 0 and bench["repeats"] == 10
+        assert bench["device"] == "cpu" and bench["threads"] >= 1 and bench["_meta"]["versions"]["torch"]
+    layer = json.loads((lab / "metrics" / "bench_layer.json").read_text())
+    assert {r["impl"] for r in layer["layer"]["rows"]} == {"dense", "moelab", "naive", "hf-switch"}
+    table = (lab / "metrics" / "bench.md").read_text()
+    assert "| lm | linear-softmax-top2-e8 |" in table and "| 64 | 1 | hf-switch |" in table
 
 
 def test_exp_run_changes_only_the_experiment_and_metrics_diff_shows_it(lab):

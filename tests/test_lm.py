@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from moelab.config import load_params, resolve_run
 from moelab.flops import decoder_flops_per_token
 from moelab.models.lm import IGNORE, DecoderLM, filter_logits
+from conftest import loop_experts
 
 
 @pytest.fixture
@@ -63,7 +64,7 @@ def test_moe_every_places_moe_blocks(params_file):
 @pytest.mark.parametrize("gate, router", [("softmax-top2", "linear"), ("softmax-soft", "attention")])
 def test_analytic_flops_match_torch_flop_counter(params, gate, router):
     run = resolve_run(params, gate=gate, router=router)
-    model = model_for(params, gate=gate, router=router)
+    model = loop_experts(model_for(params, gate=gate, router=router))
     ids = torch.randint(0, 97, (2, 16))
     from torch.nn.attention import SDPBackend, sdpa_kernel
     # the math backend runs attention as plain matmuls, which the flop counter sees on CPU
@@ -78,7 +79,7 @@ def test_dense_baseline_spends_the_same_active_ffn_flops_as_top_k(params):
     dense_run = resolve_run(params, dense=True)
     moe_flops = decoder_flops_per_token(moe_run, 97, 16)
     dense_flops = decoder_flops_per_token(dense_run, 97, 16)
-    assert dense_flops["ffn"] == moe_flops["ffn"]
+    assert dense_flops["dense_ffn"] + dense_flops["experts"] == moe_flops["dense_ffn"] + moe_flops["experts"]
     assert dense_flops["router"] == 0 and moe_flops["router"] > 0
 
 

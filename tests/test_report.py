@@ -89,7 +89,9 @@ def _write_run(root: Path, gating: str, size: str, seed: int, ppl: float, norm: 
           "dropped_fraction": 0.0, "layers": layers, "specialisation": spec, "_meta": {"config": config}}
     (run / "eval.json").write_text(json.dumps(ev))
     (run / "train.json").write_text(json.dumps({"wall_s": 1.0 + seed, "_meta": {"config": config}}))
-    (run.parent / "benchmark.json").write_text(json.dumps({"forward_ms": 3.0}))   # per variant, not per seed
+    bench = root.parent / "bench" / "lm" / f"{gating}-{size}.json"                 # per variant, not per seed
+    bench.parent.mkdir(parents=True, exist_ok=True)
+    bench.write_text(json.dumps({"forward_ms": 3.0}))
 
 
 def test_report_on_synthetic_tree(tmp_path):

@@ -24,6 +24,7 @@ from moelab.models.switch import MoESparseMLP, SwitchSeq2Seq, swap_sparse_mlps
 from moelab.moe import MoEConfig
 from moelab.moe.balancing import router_z_loss, switch_aux_loss
 from moelab.tasks.summarization import SummarizationTask, pad_batch, rouge_scores, seq2seq_flops_per_token
+from conftest import loop_experts
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 97
@@ -203,7 +204,7 @@ def scratch(params, **kw) -> SwitchSeq2Seq:
 # ------------------------------------------------------------------ 3. seq2seq FLOPs
 @pytest.mark.parametrize("gate, router", [("softmax-top1", "linear"), ("sparsemax", "attention")])
 def test_seq2seq_flops_match_torch_flop_counter(params, gate, router):
-    model = scratch(params, gate=gate, router=router)
+    model = loop_experts(scratch(params, gate=gate, router=router))
     b, s, l = 2, 12, 7
     ids, labels = torch.randint(2, VOCAB, (b, s)), torch.randint(2, VOCAB, (b, l))
     # the math backend runs attention as plain (b)mm's, which the flop counter sees on CPU

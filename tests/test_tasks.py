@@ -14,6 +14,7 @@ from moelab.cli import main
 from moelab.config import load_params, resolve_run
 from moelab.models.classifier import EncoderClassifier, masked_mean
 from moelab.tasks.classification import accuracy_macro_f1, classifier_flops_per_token
+from conftest import loop_experts
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, MAX_LEN, CLASSES = 97, 16, 3
@@ -79,7 +80,7 @@ def test_classifier_loss_is_cross_entropy_of_the_logits(params):
 @pytest.mark.parametrize("gate, router", [("softmax-top2", "linear"), ("sparsemax", "attention")])
 def test_classifier_flops_match_torch_flop_counter(params, gate, router):
     run = resolve_run(params, task="classification", gate=gate, router=router)
-    model = classifier(params, gate=gate, router=router)
+    model = loop_experts(classifier(params, gate=gate, router=router))
     ids = torch.randint(0, VOCAB, (2, MAX_LEN))
     # the math backend runs attention as plain (b)mm's, which the flop counter sees on CPU
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
@@ -121,6 +122,13 @@ def test_prepare_train_evaluate_through_the_cli(tiny_params, tmp_path, task, gat
             "--metrics-dir", str(tmp_path / "metrics"), "--quiet"]
     assert main(["train", *cell]) == 0
     assert main(["evaluate", *cell]) == 0
+    bench_cell = [a for a in cell if a not in ("--quiet",)][:-4]       # the cell, without --models/metrics-dir
+    assert main(["benchmark", *bench_cell, "--out", str(tmp_path / "bench.json")]) == 0
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    # analytic FLOPs from the realised routing == torch's FlopCounterMode on the real batch
+    assert bench["flops_analytic_over_counted"] == pytest.approx(1.0, rel=1e-9)
+    assert bench["moe_blocks"] == len(bench["experts_per_token"]) == 2
+    assert bench["params_active"] < bench["params_total"] and bench["forward_p90_ms"] >= bench["forward_ms"] > 0
     metrics = tmp_path / "metrics"
     train = json.loads((metrics / "train.json").read_text())
     assert train["steps"] == 3

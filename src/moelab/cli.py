@@ -81,10 +81,46 @@ def cmd_benchmark(args) -> None:
           f"{m['flops_per_token']:.3g} FLOPs/token, forward {m['forward_ms']:.2f} ms")
 
 
+def cmd_bench(args) -> None:
+    """Every study variant (model table) and the layer micro-benchmark; prints both, writes JSON + markdown."""
+    from .benchmark import bench_study, model_table
+    from .io import atomic_write_text, write_metrics
+    from .layerbench import layer_summary_metrics, layer_table, run_layer_bench
+    params = load_params(args.params)
+    tasks = args.tasks.split(",") if args.tasks else None
+    if tasks:
+        for t in tasks:
+            if t not in params.tasks:
+                raise ConfigError(f"--tasks: {t!r} is not a task of the study; allowed: {', '.join(params.tasks)}")
+    sections = [f"# moelab bench\n\n{torch_threads_line()}"]
+    if not args.layer_only:
+        rows = bench_study(params, args.data_root, args.out_dir, tasks, progress=not args.quiet)
+        sections.append("## Variants (one unpadded training batch each; FLOPs are forward, per token)\n\n"
+                        + model_table(rows))
+    if not args.models_only:
+        result = run_layer_bench(params.benchmark.layer, progress=not args.quiet)
+        write_metrics(args.layer_out, {**layer_summary_metrics(result), "targets_met": all(t["met"] for t in result["targets"]),
+                                       "layer": result}, {"benchmark": {"layer": result["config"]}})
+        sections.append(f"## Layer micro-benchmark (device {result['device']}, {result['dtype']}, "
+                        f"{result['threads']} threads)\n\n" + layer_table(result))
+    text = "\n\n".join(sections) + "\n"
+    if args.md:
+        atomic_write_text(args.md, text)
+    print(text)
+
+
+def torch_threads_line() -> str:
+    import torch
+    from .cpu import malloc_tuned
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"CUDA: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'}, "
+            f"malloc keeps freed memory: {malloc_tuned()}")
+
+
 def cmd_report(args) -> None:
     from .report import report
     load_params(args.params)
-    summary = report(args.study, args.out, args.plots)
+    summary = report(args.study, args.out, args.plots, args.bench)
     n = sum(len(sizes) for gatings in summary.values() for sizes in gatings.values())
     print(f"report: {n} cells of {len(summary)} task(s) in {args.out}/summary.md, figures in {args.plots}/")
 
@@ -118,8 +154,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--data-dir")
     p.set_defaults(fn=cmd_benchmark)
+    p = sub.add_parser("bench", help="benchmark every study variant and the MoE layer; print the tables")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--tasks", help="comma-separated subset of the study's tasks (default: all)")
+    p.add_argument("--data-root", default="data/prepared", help="prepared data, one directory per task")
+    p.add_argument("--out-dir", default="metrics/bench", help="one JSON per variant: <out-dir>/<task>/<variant>.json")
+    p.add_argument("--layer-out", default="metrics/bench_layer.json", help="the layer micro-benchmark's JSON")
+    p.add_argument("--md", default="metrics/bench.md", help="both tables as markdown ('' to skip)")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--models-only", action="store_true", help="skip the layer micro-benchmark")
+    only.add_argument("--layer-only", action="store_true", help="only the layer micro-benchmark")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("report", help="aggregate metrics into metrics/summary.{json,md} and plots/")
     p.add_argument("--study", default="metrics/study", help="the study's metrics tree (read)")
+    p.add_argument("--bench", default="metrics/bench", help="the benchmark's per-variant JSONs (read)")
     p.add_argument("--out", default="metrics", help="where summary.json / summary.md are written")
     p.add_argument("--plots", default="plots")
     p.add_argument("--params", default="params.yaml")
@@ -133,6 +182,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args, extra = ap.parse_known_args(argv)
+    from .cpu import keep_freed_memory
+    keep_freed_memory()       # before any tensor exists; see cpu.py (MOELAB_MALLOC=default opts out)
     if extra:   # reported by the stage's name, like every other error of that stage
         ap.exit(2, f"moelab {args.stage}: error: unrecognized arguments: {' '.join(extra)} "
                    f"(see moelab {args.stage} --help)\n")

@@ -117,11 +117,24 @@ class TaskParams:
 
 
 @dataclass(frozen=True)
-class BenchmarkParams:
-    batch_size: int = 8
-    seq_len: int = 64
+class LayerBenchParams:
+    """The layer micro-benchmark: one MoE layer against a dense FFN of equal active FLOPs."""
+    tokens: list[int] = field(default_factory=lambda: [512, 16384])
+    d_model: int = 512
+    d_ff: int = 1024              # per expert; the dense reference has top_k * d_ff
+    n_experts: int = 16
+    top_k: int = 2                # HF's Switch layer is top-1 and is compared at top-1 as well
+    dtype: str = "auto"           # auto: bfloat16 on CUDA, float32 on CPU | float32 | bfloat16
     warmup: int = 2
     repeats: int = 10
+
+
+@dataclass(frozen=True)
+class BenchmarkParams:
+    batch_size: int = 8
+    warmup: int = 2
+    repeats: int = 10             # timed repeats (>= 10): median and p90 are reported
+    layer: LayerBenchParams = field(default_factory=LayerBenchParams)
 
 
 @dataclass(frozen=True)
@@ -258,6 +271,7 @@ def validate(params: Params) -> None:
         if g.top_k < 0:
             raise ConfigError(f"params.yaml: gate_presets.{name}.top_k = {g.top_k} is not allowed; allowed: 0 (soft) or k >= 1")
     _check_choice("moe.capacity_policy", params.moe.capacity_policy, CAPACITY_POLICIES)
+    _check_benchmark(params.benchmark)
     # every combination the study and the single experiment will run must be valid
     resolve_run(params)
     for task in params.tasks:
@@ -271,6 +285,25 @@ def validate(params: Params) -> None:
         if tp.evaluate.no_repeat_ngram_size < 0:
             raise ConfigError(f"params.yaml: {task}.evaluate.no_repeat_ngram_size = {tp.evaluate.no_repeat_ngram_size!r} "
                               "is not allowed; allowed: 0 (off) or n >= 1")
+
+
+def _check_benchmark(bp: BenchmarkParams) -> None:
+    _check_positive("benchmark", bp, ("batch_size",))
+    lb = bp.layer
+    _check_positive("benchmark.layer", lb, ("d_model", "d_ff", "n_experts", "top_k"))
+    for where, obj in (("benchmark", bp), ("benchmark.layer", lb)):
+        if obj.repeats < 10:
+            raise ConfigError(f"params.yaml: {where}.repeats = {obj.repeats!r} is not allowed; allowed: an integer >= 10 "
+                              "(a median and a 90th percentile need them)")
+        if obj.warmup < 0:
+            raise ConfigError(f"params.yaml: {where}.warmup = {obj.warmup!r} is not allowed; allowed: an integer >= 0")
+    if lb.top_k > lb.n_experts:
+        raise ConfigError(f"params.yaml: benchmark.layer.top_k = {lb.top_k} is not allowed; allowed: 1..{lb.n_experts} "
+                          "(benchmark.layer.n_experts)")
+    for i, n in enumerate(lb.tokens):
+        if n <= 0:
+            raise ConfigError(f"params.yaml: benchmark.layer.tokens[{i}] = {n!r} is not allowed; allowed: an integer > 0")
+    _check_choice("benchmark.layer.dtype", lb.dtype, ("auto", "float32", "bfloat16"))
 
 
 def _check_positive(where: str, obj, keys) -> None:

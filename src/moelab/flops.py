@@ -5,6 +5,11 @@ not counted (torch's flop counter does not count them either).
 """
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
+from torch.utils import flop_counter
+
 from .config import RunConfig
 
 
@@ -40,4 +45,38 @@ def decoder_flops_per_token(run: RunConfig, vocab_size: int, context: int,
         router = len(moe_blocks) * per_router
     head = 2 * d * vocab_size
     total = attention + dense_ffn + expert_ffn + router + head
-    return {"attention": attention, "ffn": dense_ffn + expert_ffn, "router": router, "head": head, "total": total}
+    return {"attention": attention, "dense_ffn": dense_ffn, "experts": expert_ffn, "router": router, "head": head,
+            "total": total}
+
+
+# ------------------------------------------------------------------ counted FLOPs (the independent check)
+def _grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of torch._grouped_mm, which torch's FlopCounterMode does not count (torch 2.13).
+
+    Every row meets exactly one group (the layer's group ends cover all rows), so a grouped matmul
+    costs what one matmul over the concatenated groups costs:
+      [M, K] x [G, K, N] -> [M, N]     (forward, and the input gradient): 2 M K N
+      [M, K] x [K, N]    -> [G, M, N]  (weight gradient; K split into groups): 2 M K N
+      [G, M, K] x [G, K, N]            (batched): 2 G M K N
+    """
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+    rows = a_shape[0] * a_shape[1] if len(a_shape) == 3 else a_shape[0]
+    return 2 * rows * a_shape[-1] * b_shape[-1]
+
+
+def register_grouped_mm_flops() -> None:
+    """Teach FlopCounterMode the grouped matmul (once; torch's own formula wins if it has one)."""
+    op = torch.ops.aten._grouped_mm
+    if hasattr(torch.ops.aten, "_grouped_mm") and op not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(op)(_grouped_mm_flops)
+
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    """FLOPs torch's FlopCounterMode counts while fn() runs. Attention runs on the math backend, whose
+    plain matmuls the counter sees on every device (the fused CPU kernel is not counted)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    register_grouped_mm_flops()
+    with sdpa_kernel(SDPBackend.MATH), flop_counter.FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()

@@ -46,8 +46,10 @@ def describe(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "ci95": ci, "n": n}
 
 
-def collect(metrics_dir: Path) -> dict:
-    """{task: {gating: {size: {metric: [values over seeds]}}}} from metrics/study/<task>/<variant>/..."""
+def collect(metrics_dir: Path, bench_dir: Path | None = None) -> dict:
+    """{task: {gating: {size: {metric: [values over seeds]}}}} from metrics/study/<task>/<variant>/...
+    and the benchmark's bench_dir/<task>/<variant>.json (default: metrics/bench beside the study)."""
+    bench_dir = bench_dir if bench_dir is not None else metrics_dir.parent / "bench"
     cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     benchmarked: set[Path] = set()
     for eval_path in sorted(metrics_dir.glob("*/*/s*/eval.json")):
@@ -57,11 +59,11 @@ def collect(metrics_dir: Path) -> dict:
         task, gating, size = config.get("task"), config.get("gating"), config.get("model")
         if not (task and gating and size):
             continue
-        # benchmark.json is per variant, not per seed: counted once (n = 1), not repeated as if it varied
+        # the benchmark is per variant, not per seed: counted once (n = 1), not repeated as if it varied
         first_seed = variant_dir not in benchmarked
         benchmarked.add(variant_dir)
         sources = {"eval": ev, "train": _maybe(seed_dir / "train.json"),
-                   "benchmark": _maybe(variant_dir / "benchmark.json") if first_seed else {}}
+                   "benchmark": _maybe(bench_dir / task / f"{variant_dir.name}.json") if first_seed else {}}
         for source, key, _, _ in COLUMNS:
             value = sources[source].get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -209,12 +211,13 @@ def _seed(seed_dir: Path) -> int:
 
 
 def report(study_dir: str | Path = "metrics/study", out_dir: str | Path | None = None,
-           plots_dir: str | Path | None = "plots") -> dict:
-    """Aggregate study_dir/<task>/<variant>/s<seed>/*.json into out_dir/summary.{json,md} (default: the
-    parent of study_dir, i.e. metrics/) and the figures into plots_dir (None: no figures)."""
+           plots_dir: str | Path | None = "plots", bench_dir: str | Path | None = None) -> dict:
+    """Aggregate study_dir/<task>/<variant>/s<seed>/*.json and bench_dir/<task>/<variant>.json (default:
+    metrics/bench) into out_dir/summary.{json,md} (default: the parent of study_dir, i.e. metrics/)
+    and the figures into plots_dir (None: no figures)."""
     study_dir = Path(study_dir)
     out_dir = Path(out_dir) if out_dir is not None else study_dir.parent
-    summary = summarise(collect(study_dir))
+    summary = summarise(collect(study_dir, Path(bench_dir) if bench_dir is not None else None))
     write_json(out_dir / "summary.json", summary)
     atomic_write_text(out_dir / "summary.md", markdown(summary, collect_specialisation(study_dir)))
     if plots_dir is not None:

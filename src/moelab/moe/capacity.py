@@ -25,9 +25,9 @@ def rank_within_bucket(bucket: torch.Tensor, priority: torch.Tensor) -> torch.Te
     return ranks
 
 
-def apply_capacity(slots: Slots, group: torch.Tensor, n_experts: int, capacity_factor: float,
+def apply_capacity(slots: Slots, group: torch.Tensor | None, n_experts: int, capacity_factor: float,
                    policy: str) -> tuple[Slots, int]:
-    """Drop overflow slots. group: [N] group id of each token. Returns kept slots and #dropped."""
+    """Drop overflow slots. group: [N] group id of each token (None when dropless). Returns kept slots and #dropped."""
     if capacity_factor <= 0 or slots.token.numel() == 0:
         return slots, 0
     slot_group = group[slots.token]                                    # [S]

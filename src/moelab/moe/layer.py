@@ -7,7 +7,8 @@ from torch import nn
 from .balancing import SelectionBias, router_z_loss, switch_aux_loss
 from .capacity import apply_capacity
 from .config import MoEConfig
-from .experts import GroupedExperts, dispatch_combine
+from .dispatch import dispatch_combine
+from .experts import GroupedExperts
 from .normalisers import build_normaliser
 from .routers import build_router
 from .selection import build_selection
@@ -42,9 +43,9 @@ class MoELayer(nn.Module):
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = x.shape
         flat = x.reshape(b * t, d)
-        group = torch.arange(b, device=x.device).repeat_interleave(t)       # [N] sequence of each token
-        real = torch.arange(b * t, device=x.device) if token_mask is None else token_mask.reshape(-1).nonzero().squeeze(1)
-        h, group = flat.index_select(0, real), group[real]     # [N, d] real tokens only
+        # real: the flat positions of real tokens (None: all of them, and no copy in or out)
+        real = None if token_mask is None else token_mask.reshape(-1).nonzero().squeeze(1)
+        h = flat if real is None else flat.index_select(0, real)           # [N, d] real tokens only
 
         with torch.autocast(device_type=x.device.type, enabled=False):     # routing in float32
             scores = self.router(h.float())                                  # [N, E]
@@ -53,8 +54,8 @@ class MoELayer(nn.Module):
         slots = self.selection(weights, bias)
         self.selection_bias.record(slots.expert)
         n_selected = slots.token.numel()
-        kept, n_dropped = apply_capacity(slots, group, self.cfg.n_experts,
-                                         self.cfg.capacity_factor, self.cfg.capacity_policy)
+        kept, n_dropped = apply_capacity(slots, self._sequence_of_each_token(b, t, x.device, real),
+                                         self.cfg.n_experts, self.cfg.capacity_factor, self.cfg.capacity_policy)
 
         out, tokens_per_expert = dispatch_combine(h, kept.token, kept.expert, kept.weight,
                                                   self.experts, self.cfg.n_experts)
@@ -63,9 +64,18 @@ class MoELayer(nn.Module):
             self.last_stats = RoutingStats(float(h.shape[0]), float(n_selected), float(n_dropped),
                                            routing_entropy_sum(weights), tokens_per_expert.detach().cpu(),
                                            experts_per_token_hist(kept.token, h.shape[0], self.cfg.n_experts))
-            self.last_assignment = (real[kept.token].detach(), kept.expert.detach())
-        full = torch.zeros_like(flat).index_copy_(0, real, out.to(flat.dtype))
-        return full.reshape(b, t, d)
+            position = kept.token if real is None else real[kept.token]
+            self.last_assignment = (position.detach(), kept.expert.detach())
+        if real is not None:
+            out = torch.zeros_like(flat).index_copy_(0, real, out.to(flat.dtype))
+        return out.to(x.dtype).reshape(b, t, d)
+
+    def _sequence_of_each_token(self, b, t, device, real) -> torch.Tensor | None:
+        """[N] which sequence each real token belongs to: capacity is per sequence. None when dropless."""
+        if self.cfg.capacity_factor <= 0:
+            return None
+        group = torch.arange(b, device=device).repeat_interleave(t)
+        return group if real is None else group[real]
 
     def _balancing_loss(self, scores, weights, selected_expert) -> torch.Tensor:
         loss = scores.new_zeros(())

@@ -107,6 +107,16 @@ class ClassificationTask(SplitsChecked):
     def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None) -> dict:
         return classifier_flops_per_token(self.run, len(self.label_names), context or self.seq_len, experts_per_token)
 
+    def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:
+        """A training batch whose every position counts as a token (the padding of short reviews
+        included), so that each position is routed and the FLOPs per position are exact."""
+        batch = self.train_batch(generator, batch_size)
+        batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+        return batch, batch["input_ids"].numel()
+
+    def batch_flops_per_token(self, batch: dict, experts_per_token: list[float] | None) -> dict:
+        return self.flops_per_token(experts_per_token, batch["input_ids"].shape[1])
+
     def samples_markdown(self, pairs: list[tuple[int, int]]) -> str:
         texts = json.loads((self.data_dir / "test.json").read_text())["texts"]
         lines = [f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}\n",

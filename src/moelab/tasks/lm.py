@@ -158,6 +158,14 @@ class LMTask:
         from ..flops import decoder_flops_per_token
         return decoder_flops_per_token(self.run, self.vocab_size, context or self.seq_len, experts_per_token)
 
+    def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:
+        """A training batch with no padding (LM windows have none) and its token count."""
+        batch = self.train_batch(generator, batch_size)
+        return batch, batch["input_ids"].numel()
+
+    def batch_flops_per_token(self, batch: dict, experts_per_token: list[float] | None) -> dict:
+        return self.flops_per_token(experts_per_token, batch["input_ids"].shape[1])
+
     def samples(self, model) -> str:
         ev = self.run.evaluate
         gen = torch.Generator().manual_seed(self.run.seed)

@@ -84,19 +84,19 @@ def seq2seq_flops_per_token(cfg, n_source: int, n_target: int, router: str | Non
     ks = iter(experts_per_token or [1.0] * (sum(enc_sparse) + sum(dec_sparse)))
     router_flops = 2 * d * e + (2 * d * d if router == "attention" else 0)
 
-    def ffn(is_sparse: bool) -> tuple[float, float]:   # (ffn, router) FLOPs per token of one layer
-        return (next(ks) * 4 * d * f, router_flops) if is_sparse else (4 * d * f, 0)
+    def ffn(is_sparse: bool) -> tuple[float, float, float]:   # (dense FFN, experts, router) FLOPs per token
+        return (0, next(ks) * 4 * d * f, router_flops) if is_sparse else (4 * d * f, 0, 0)
 
     enc = [ffn(s) for s in enc_sparse]
     dec = [ffn(s) for s in dec_sparse]
     s_, l_ = n_source, n_target
     attention = (s_ * len(enc) * (8 * d * a + 4 * s_ * a)
                  + l_ * len(dec) * (8 * d * a + 4 * l_ * a + 4 * d * a + 4 * s_ * a) + s_ * len(dec) * 4 * d * a)
-    ffn_total = s_ * sum(x for x, _ in enc) + l_ * sum(x for x, _ in dec)
-    router_total = s_ * sum(r for _, r in enc) + l_ * sum(r for _, r in dec)
+    dense_ffn, experts, router_total = (s_ * sum(x[i] for x in enc) + l_ * sum(x[i] for x in dec) for i in range(3))
     head = l_ * 2 * d * v
     n = s_ + l_
-    out = {"attention": attention / n, "ffn": ffn_total / n, "router": router_total / n, "head": head / n}
+    out = {"attention": attention / n, "dense_ffn": dense_ffn / n, "experts": experts / n,
+           "router": router_total / n, "head": head / n}
     out["total"] = sum(out.values())
     return out
 
@@ -219,6 +219,19 @@ class SummarizationTask(SplitsChecked):
             k = float(moe.top_k or moe.n_experts)
             experts_per_token = [k] * 2 * self.hf_config.num_layers  # iterator stops at the real count
         return seq2seq_flops_per_token(self.hf_config, context or self.data.max_source_len, self.data.max_target_len,
+                                       moe.router if moe else None, experts_per_token)
+
+    def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:
+        """A training batch whose every source and target position counts as a token (padding
+        included: attention mask all ones, padded labels set to the pad id) and its token count."""
+        batch = self.train_batch(generator, batch_size)
+        batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
+        batch["labels"] = batch["labels"].masked_fill(batch["labels"] == IGNORE, self.pad)
+        return batch, batch["input_ids"].numel() + batch["labels"].numel()
+
+    def batch_flops_per_token(self, batch: dict, experts_per_token: list[float] | None) -> dict:
+        moe = self.run.moe
+        return seq2seq_flops_per_token(self.hf_config, batch["input_ids"].shape[1], batch["labels"].shape[1],
                                        moe.router if moe else None, experts_per_token)
 
     def samples_markdown(self, examples: list[tuple[str, str, str]]) -> str:
