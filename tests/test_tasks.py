@@ -127,6 +127,11 @@ def test_prepare_train_evaluate_through_the_cli(tiny_params, tmp_path, task, gat
     bench = json.loads((tmp_path / "bench.json").read_text())
     # analytic FLOPs from the realised routing == torch's FlopCounterMode on the real batch
     assert bench["flops_analytic_over_counted"] == pytest.approx(1.0, rel=1e-9)
+    # flops_per_token is at k (all E for soft routing); top-2 without drops realises exactly k
+    if gate == "softmax-top2":
+        assert bench["flops_per_token"] == pytest.approx(bench["flops_per_token_realised"], rel=1e-12)
+    else:
+        assert bench["flops_per_token"] > bench["flops_per_token_realised"]
     assert bench["moe_blocks"] == len(bench["experts_per_token"]) == 2
     assert bench["params_active"] < bench["params_total"] and bench["forward_p90_ms"] >= bench["forward_ms"] > 0
     metrics = tmp_path / "metrics"

@@ -211,14 +211,16 @@ class SummarizationTask(SplitsChecked):
             n += batch["input_ids"].shape[0]
         return preds, raw["summaries"][:n], raw["documents"][:n]
 
-    def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None) -> dict:
-        """Forward matmul FLOPs per (source + target) token at source length `context`
-        (default max_source_len) and target length max_target_len; see seq2seq_flops_per_token."""
-        moe = self.run.moe
+    def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None,
+                        n_target: int | None = None) -> dict:
+        """Forward matmul FLOPs per (source + target) token at source length `context` (default
+        max_source_len) and target length `n_target` (default max_target_len); experts_per_token:
+        realised per MoE layer (default k, or E for soft routing); see seq2seq_flops_per_token."""
+        moe, cfg = self.run.moe, self.hf_config
         if experts_per_token is None and moe is not None:
             k = float(moe.top_k or moe.n_experts)
-            experts_per_token = [k] * 2 * self.hf_config.num_layers  # iterator stops at the real count
-        return seq2seq_flops_per_token(self.hf_config, context or self.data.max_source_len, self.data.max_target_len,
+            experts_per_token = [k] * (cfg.num_layers + cfg.num_decoder_layers)  # iterator stops at the real count
+        return seq2seq_flops_per_token(cfg, context or self.data.max_source_len, n_target or self.data.max_target_len,
                                        moe.router if moe else None, experts_per_token)
 
     def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:
@@ -230,9 +232,7 @@ class SummarizationTask(SplitsChecked):
         return batch, batch["input_ids"].numel() + batch["labels"].numel()
 
     def batch_flops_per_token(self, batch: dict, experts_per_token: list[float] | None) -> dict:
-        moe = self.run.moe
-        return seq2seq_flops_per_token(self.hf_config, batch["input_ids"].shape[1], batch["labels"].shape[1],
-                                       moe.router if moe else None, experts_per_token)
+        return self.flops_per_token(experts_per_token, batch["input_ids"].shape[1], batch["labels"].shape[1])
 
     def samples_markdown(self, examples: list[tuple[str, str, str]]) -> str:
         ev = self.run.evaluate
