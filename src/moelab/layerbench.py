@@ -54,17 +54,6 @@ def hf_switch_layer(d_model: int, d_ff: int, n_experts: int, tokens: int) -> nn.
     return SwitchTransformersSparseMLP(cfg)
 
 
-class _MaskFree(nn.Module):
-    """forward(x) for modules whose forward also takes a token mask."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, x):
-        return self.inner(x)
-
-
 @dataclass
 class Contender:
     name: str
@@ -82,8 +71,8 @@ def contenders(lb: LayerBenchParams, tokens: int, k: int, dtype: torch.dtype, de
     else:
         hf, moe = None, MoELayer(MoEConfig(lb.d_model, lb.d_ff, lb.n_experts, top_k=k, activation="gelu"))
     moe.record_stats = False
-    out = [Contender("dense", _MaskFree(DenseFFN(lb.d_model, k * lb.d_ff, "gelu")), k),
-           Contender("moelab", _MaskFree(moe), k), Contender("naive", NaiveLoopMoE(moe), k)]
+    out = [Contender("dense", DenseFFN(lb.d_model, k * lb.d_ff, "gelu"), k),
+           Contender("moelab", moe, k), Contender("naive", NaiveLoopMoE(moe), k)]
     if hf is not None:
         out.append(Contender("hf-switch", hf, k))
     for c in out:

@@ -66,9 +66,9 @@ class MoELayer(nn.Module):
                                            experts_per_token_hist(kept.token, h.shape[0], self.cfg.n_experts))
             position = kept.token if real is None else real[kept.token]
             self.last_assignment = (position.detach(), kept.expert.detach())
-        if real is not None:
-            out = torch.zeros_like(flat).index_copy_(0, real, out.to(flat.dtype))
-        return out.to(x.dtype).reshape(b, t, d)
+        if real is not None:                                 # out is [N, d] in x's dtype (dispatch_combine)
+            out = torch.zeros_like(flat).index_copy_(0, real, out)
+        return out.reshape(b, t, d)
 
     def _sequence_of_each_token(self, b, t, device, real) -> torch.Tensor | None:
         """[N] which sequence each real token belongs to: capacity is per sequence. None when dropless."""
