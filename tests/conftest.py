@@ -37,3 +37,19 @@ def loop_experts(model):
         if isinstance(m, MoELayer):
             m.experts.use_grouped_mm = False
     return model
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """prepared(task) -> a directory holding the bundled corpus of `task` prepared with the repo's
+    params (once per test session): the one way tests get prepared data."""
+    from moelab.cli import main
+    cache: dict[str, Path] = {}
+
+    def get(task: str = "lm") -> Path:
+        if task not in cache:
+            out = tmp_path_factory.mktemp(f"prepared-{task}") / task
+            assert main(["prepare", "--task", task, "--out", str(out), "--params", str(ROOT / "params.yaml")]) == 0
+            cache[task] = out
+        return cache[task]
+    return get

@@ -4,17 +4,23 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from moelab.benchmark import PeakMemory, percentile, time_it
+from moelab.bench.layer import NaiveLoopMoE, layer_table, run_layer_bench
+from moelab.bench.models import PeakMemory, percentile, time_it
 from moelab.config import LayerBenchParams
 from moelab.flops import counted_flops
-from moelab.layerbench import NaiveLoopMoE, layer_table, run_layer_bench
 from moelab.moe import MoEConfig, MoELayer
-from moelab.moe.experts import GroupedExperts, grouped_mm_usable
+from moelab.moe.experts import grouped_mm_usable
+from moelab.moe.experts.mlp import GroupedExperts
+
+
+def _config(**kw) -> MoEConfig:
+    return MoEConfig.build(**{"d_model": 16, "d_ff": 32, "n_experts": 4, "top_k": 2, "aux_loss_coef": 0.0,
+                              "z_loss_coef": 0.0, "capacity_policy": "weight", **kw})
 
 
 def _layer(**kw) -> MoELayer:
     torch.manual_seed(0)
-    return MoELayer(MoEConfig(**{"d_model": 16, "d_ff": 32, "n_experts": 4, "top_k": 2, **kw}))
+    return MoELayer(_config(**kw))
 
 
 def _fwd_bwd(layer, x, grad):
@@ -44,7 +50,7 @@ def test_grouped_matmul_path_equals_the_per_expert_loop(norm, top_k, cf):
 
 def test_an_expert_without_tokens_gets_a_zero_gradient_on_both_paths():
     torch.manual_seed(0)
-    experts = GroupedExperts(4, 16, 32)
+    experts = GroupedExperts(_config(n_experts=4, d_model=16, d_ff=32))
     x, grad, counts = torch.randn(16, 16), torch.randn(16, 16), torch.tensor([5, 0, 7, 4])
     results = []
     for grouped in (True, False):
@@ -61,7 +67,7 @@ def test_an_expert_without_tokens_gets_a_zero_gradient_on_both_paths():
 
 def test_unaligned_widths_fall_back_to_the_loop():
     """grouped_mm needs 16-byte row strides; d_ff = 6 (24 bytes) must still work, through the loop."""
-    experts = GroupedExperts(3, 8, 6)
+    experts = GroupedExperts(_config(n_experts=3, d_model=8, d_ff=6, top_k=1))
     x = torch.randn(5, 8)
     assert not grouped_mm_usable(x, experts.w_in, experts.w_out)
     counts = torch.tensor([2, 0, 3])

@@ -7,18 +7,19 @@ import pytest
 from moelab.config import ConfigError, load_params
 
 CASES = [
-    (lambda d: d.update(router="atention"), ["router", "'atention'", "linear, attention", "did you mean 'attention'"]),
-    (lambda d: d.update(norm="relu"), ["norm", "'relu'", "softmax, sparsemax, entmax15"]),
-    (lambda d: d.update(top_k=-1), ["top_k", "-1", "0 (soft routing)"]),
+    (lambda d: d.update(router="atention"), ["router", "'atention'", "linear", "attention", "did you mean 'attention'"]),
+    (lambda d: d.update(norm="relu"), ["norm", "'relu'", "softmax", "sparsemax", "entmax15"]),
+    (lambda d: d.update(top_k=-1), ["top_k", "-1", "integer >= 0", "soft routing"]),
     (lambda d: d.update(top_k=9), ["top_k", "9", "1..8"]),
-    (lambda d: d["moe"].update(capacity_factor=-0.5), ["capacity_factor", "-0.5", "0 (dropless)"]),
+    (lambda d: d["moe"].update(capacity_factor=-0.5), ["moe.capacity_factor", "-0.5", ">= 0"]),
     (lambda d: d.update(model="e32"), ["model", "'e32'", "e8, e16"]),
     (lambda d: d.update(routr="linear"), ["unknown key 'routr'"]),
     (lambda d: d["moe"].update(aux_los_coef=0.1), ["unknown key 'moe.aux_los_coef'", "did you mean 'aux_loss_coef'"]),
     (lambda d: d.update(top_k="two"), ["top_k", "'two'", "int"]),
     (lambda d: d.update(gates=["softmax-top3"]), ["gates", "'softmax-top3'", "softmax-top2"]),
     (lambda d: d.update(routers=[]), ["routers", "non-empty list"]),
-    (lambda d: d["moe"].update(bias_update_rate=0.1, capacity_policy="weight") or d.update(top_k=0), ["bias_update_rate", "top_k = 0"]),
+    (lambda d: d["moe"].update(bias_update_rate=0.1, capacity_policy="weight") or d.update(top_k=0),
+     ["moe.bias_update_rate", "top_k = 0"]),
 ]
 
 

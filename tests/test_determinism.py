@@ -19,7 +19,7 @@ VOLATILE = {"wall_s", "train_tokens_per_s"}
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory) -> tuple[Path, Path]:
+def lab(tmp_path_factory, prepared) -> tuple[Path, Path]:
     """(params.yaml with a ~20-step LM run, prepared LM data dir)."""
     tmp = tmp_path_factory.mktemp("determinism")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -27,11 +27,7 @@ def lab(tmp_path_factory) -> tuple[Path, Path]:
                                  warmup_steps=4)
     params["lm"]["evaluate"].update(max_batches=2, samples=1, sample_tokens=8)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    data = ROOT / "data" / "prepared" / "lm"
-    if not (data / "train.npy").exists():       # a fresh checkout: prepare the bundled corpus
-        data = tmp / "prepared"
-        assert main(["prepare", "--task", "lm", "--out", str(data), "--params", str(tmp / "params.yaml")]) == 0
-    return tmp / "params.yaml", data
+    return tmp / "params.yaml", prepared("lm")
 
 
 def run_once(lab, out: Path, seed: int) -> dict[str, object]:
@@ -43,18 +39,17 @@ def run_once(lab, out: Path, seed: int) -> dict[str, object]:
     assert main(["evaluate", *cell]) == 0
     m = out / "metrics"
     return {"train": stable(json.loads((m / "train.json").read_text())),
-            "eval": stable(json.loads((m / "eval.json").read_text())),
+            "eval": {**stable(json.loads((m / "eval.json").read_text())),
+                     **json.loads((m / "eval.routing.json").read_text())},
+            "meta": {k: v for k, v in json.loads((m / "eval.meta.json").read_text()).items() if k != "versions"},
             "samples": (m / "samples.md").read_text(),
             "curves": {p.relative_to(m).as_posix(): p.read_text()
                        for p in sorted((m / "live" / "plots" / "metrics").rglob("*.tsv"))}}
 
 
 def stable(record: dict) -> dict:
-    """The record without timing fields and package versions (the run config stays in)."""
-    out = {k: v for k, v in record.items() if k not in VOLATILE}
-    if "_meta" in out:
-        out["_meta"] = {k: v for k, v in out["_meta"].items() if k != "versions"}
-    return out
+    """The record without timing fields."""
+    return {k: v for k, v in record.items() if k not in VOLATILE}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +65,7 @@ def test_same_seed_reproduces_every_metric(runs):
         assert key in a["eval"], key
     assert a["train"] == b["train"]
     assert a["eval"] == b["eval"]            # exact: ppl, routing stats, histograms, specialisation
+    assert a["meta"] == b["meta"] and a["meta"]["config"]["seed"] == 0
     assert a["curves"] == b["curves"] and a["curves"]
     assert a["samples"] == b["samples"]
 

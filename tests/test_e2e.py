@@ -25,7 +25,7 @@ def lab(tmp_path_factory) -> Path:
 
 def test_repro_writes_metrics_for_every_variant(lab):
     out = sh("dvc repro", lab)
-    assert "train@lm-linear-softmax-top2-e8-0" in out and "train-dense@lm-0" in out
+    assert "train@lm-linear-softmax-top2-e8" in out and "train-dense@lm" in out and "reference@lm" in out
     summary = json.loads((lab / "metrics" / "summary.json").read_text())
     for gating in ("linear-softmax-top2", "dense"):
         cell = summary["lm"][gating]["e8"]
@@ -37,7 +37,8 @@ def test_repro_writes_metrics_for_every_variant(lab):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plots/lm_{name}.png" in figures
     assert any(k.endswith("/live/plots/metrics/train/loss.tsv") for k in figures)   # DVCLive curves
     again = sh("dvc repro", lab)
-    assert "Running stage 'benchmark'" in again, "timings are re-measured on every repro (always_changed)"
+    assert "Running stage 'machine'" in again, "the machine fingerprint is re-read on every repro"
+    assert "Running stage 'benchmark'" not in again, "same machine, code and params: nothing to re-measure"
     assert "Running stage 'train@" not in again and "Running stage 'evaluate@" not in again
     sh("git add -A && git commit -qm baseline", lab)
 
@@ -47,9 +48,11 @@ def test_benchmark_stage_measures_every_variant_and_the_layer(lab):
         bench = json.loads((lab / "metrics" / "bench" / "lm" / f"{variant}.json").read_text())
         assert bench["flops_analytic_over_counted"] == pytest.approx(1.0, rel=1e-9)
         assert bench["train_step_p90_ms"] >= bench["train_step_ms"] > 0 and bench["repeats"] == 10
-        assert bench["device"] == "cpu" and bench["threads"] >= 1 and bench["_meta"]["versions"]["torch"]
-    layer = json.loads((lab / "metrics" / "bench_layer.json").read_text())
-    assert {r["impl"] for r in layer["layer"]["rows"]} == {"dense", "moelab", "naive", "hf-switch"}
+        assert bench["device"] == "cpu" and bench["threads"] >= 1
+        meta = json.loads((lab / "metrics" / "bench" / "lm" / f"{variant}.meta.json").read_text())
+        assert meta["versions"]["torch"]
+    layer = json.loads((lab / "metrics" / "bench_layer.rows.json").read_text())
+    assert {r["impl"] for r in layer["rows"]} == {"dense", "moelab", "naive", "hf-switch"}
     table = (lab / "metrics" / "bench.md").read_text()
     assert "| lm | linear-softmax-top2-e8 |" in table and "| 64 | 1 | hf-switch |" in table
 

@@ -19,7 +19,7 @@ def params(params_file):
 
 def model_for(params, **kw) -> DecoderLM:
     torch.manual_seed(0)
-    return DecoderLM(vocab_size=97, max_len=16, run=resolve_run(params, **kw)).eval()
+    return DecoderLM(97, 16, resolve_run(params, **kw).model).eval()
 
 
 def test_position_t_cannot_see_t_plus_1(params):
@@ -70,15 +70,15 @@ def test_analytic_flops_match_torch_flop_counter(params, gate, router):
     # the math backend runs attention as plain matmuls, which the flop counter sees on CPU
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(ids)
-    analytic = decoder_flops_per_token(run, 97, context=16)["total"]
+    analytic = decoder_flops_per_token(run.model, 97, context=16)["total"]
     assert counter.get_total_flops() / ids.numel() == pytest.approx(analytic, rel=1e-9)
 
 
 def test_dense_baseline_spends_the_same_active_ffn_flops_as_top_k(params):
     moe_run = resolve_run(params, gate="softmax-top2")
     dense_run = resolve_run(params, dense=True)
-    moe_flops = decoder_flops_per_token(moe_run, 97, 16)
-    dense_flops = decoder_flops_per_token(dense_run, 97, 16)
+    moe_flops = decoder_flops_per_token(moe_run.model, 97, 16)
+    dense_flops = decoder_flops_per_token(dense_run.model, 97, 16)
     assert dense_flops["dense_ffn"] + dense_flops["experts"] == moe_flops["dense_ffn"] + moe_flops["experts"]
     assert dense_flops["router"] == 0 and moe_flops["router"] > 0
 
@@ -99,5 +99,6 @@ def test_lm_prepare_from_a_local_file_through_the_datasets_path(tmp_path, params
     src.write_text("\n".join(json.dumps(s) for s in stories))
     p = load_params(params_file(lambda d: d["lm"]["data"].update(source=str(src), vocab_size=300)))
     stats = prepare("lm", p.lm.data, tmp_path / "prepared")
+    assert (tmp_path / "prepared" / "manifest.json").exists()
     assert stats["train_documents"] > 0 and stats["test_tokens"] > 0
     assert (tmp_path / "prepared" / "tokenizer.json").exists()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from moelab.plots import FIGURES, pareto_front
-from moelab.report import describe, mark_column, markdown, report, t95
+from moelab.report.plots import FIGURES, pareto_front
+from moelab.report.tables import describe, mark_column, markdown, report, t95
 
 
 def cell(mean: float, ci: float | None, n: int = 3) -> dict:
@@ -74,21 +74,26 @@ def test_markdown_marks_and_notes():
 
 # ------------------------------------------------------------------ a synthetic metrics tree
 def _write_run(root: Path, gating: str, size: str, seed: int, ppl: float, norm: str = "sparsemax") -> None:
-    run = root / "lm" / f"{gating}-{size}" / f"s{seed}"
-    live = run / "live" / "plots" / "metrics"
+    """One seed of a variant in the study layout: <task>/<variant>/{train,eval}/s<seed>.* (+ the benchmark)."""
+    variant = root / "lm" / f"{gating}-{size}"
+    live = variant / "train" / "live" / f"s{seed}" / "plots" / "metrics"
     (live / "train").mkdir(parents=True)
     (live / "val").mkdir(parents=True)
     (live / "train" / "loss.tsv").write_text("step\tloss\n" + "".join(f"{s}\t{7 - s * 0.1 - seed * 0.01}\n" for s in range(1, 11)))
     (live / "val" / "loss.tsv").write_text(f"step\tloss\n5\t6.6\n10\t{6.2 + seed * 0.01}\n")
-    config = {"task": "lm", "gating": gating, "model": size, "seed": seed, "moe": {"norm": norm}}
+    config = {"task": "lm", "gating": gating, "preset": size, "seed": seed, "model": {"moe": {"norm": norm}}}
     layers = [{"expert_share": [0.5, 0.25, 0.25, 0.0], "experts_per_token_hist": [0, 6, 3, 1, 0],
                "experts_per_token": 1.5}] * 2
     spec = {"layer": 1, "split": "test", "experts": [
         {"expert": 0, "tokens": 9, "top": [{"token": " the", "count": 5, "share": 0.5}, {"token": "\n", "count": 4, "share": 1.0}]}]}
     ev = {"test_ppl": ppl, "flops_per_token": 1000.0 * (1 + len(gating)), "experts_per_token": 1.5, "load_cv": 0.3,
-          "dropped_fraction": 0.0, "layers": layers, "specialisation": spec, "_meta": {"config": config}}
-    (run / "eval.json").write_text(json.dumps(ev))
-    (run / "train.json").write_text(json.dumps({"wall_s": 1.0 + seed, "_meta": {"config": config}}))
+          "dropped_fraction": 0.0}
+    (variant / "eval").mkdir(parents=True, exist_ok=True)
+    (variant / "eval" / f"s{seed}.json").write_text(json.dumps(ev))
+    (variant / "eval" / f"s{seed}.meta.json").write_text(json.dumps({"config": config}))
+    (variant / "eval" / f"s{seed}.routing.json").write_text(json.dumps({"layers": layers, "specialisation": spec}))
+    (variant / "train" / f"s{seed}.json").write_text(json.dumps({"wall_s": 1.0 + seed}))
+    (variant / "train" / f"s{seed}.meta.json").write_text(json.dumps({"config": config}))
     bench = root.parent / "bench" / "lm" / f"{gating}-{size}.json"                 # per variant, not per seed
     bench.parent.mkdir(parents=True, exist_ok=True)
     bench.write_text(json.dumps({"forward_ms": 3.0}))

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "data" / "prepared" / "lm"       # a fresh clone (CI) has none: see _prepared_data
+DATA: Path = Path()          # set by _prepared_data
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
        "PYTHONUNBUFFERED": "1"}
 VOLATILE = {"wall_s", "train_tokens_per_s", "resumed_from_step"}
@@ -29,14 +29,10 @@ VOLATILE = {"wall_s", "train_tokens_per_s", "resumed_from_step"}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _prepared_data(tmp_path_factory) -> Path:
-    """The workspace's prepared LM data; where there is none (a fresh clone, CI), the bundled corpus
-    prepared into a temp dir (~3 s), so these tests always run."""
+def _prepared_data(prepared) -> Path:
+    """The bundled LM corpus, prepared once per session (conftest `prepared`)."""
     global DATA
-    if not (DATA / "train.npy").exists():
-        from moelab.cli import main
-        DATA = tmp_path_factory.mktemp("prepared") / "lm"
-        assert main(["prepare", "--task", "lm", "--out", str(DATA), "--params", str(ROOT / "params.yaml")]) == 0
+    DATA = prepared("lm")
     return DATA
 
 
@@ -71,7 +67,7 @@ def digest(*dirs: Path) -> dict[str, str]:
     out = {}
     for d in dirs:
         for f in sorted(Path(d).rglob("*")) if Path(d).exists() else []:
-            if f.is_file():
+            if f.is_file() and f.name != ".lock":       # the lock file names its current holder
                 out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 
@@ -171,7 +167,7 @@ def test_crash_mid_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         mio.write_metrics(metrics, {"steps": 2})
     assert digest(tmp_path) == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt", "train.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt", "train.json", "train.meta.json"]
 
 
 def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
@@ -185,15 +181,15 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
 # ---------------------------------------------------------------- NaN / inf guard
 @pytest.mark.parametrize("term", ["task loss", "balancing loss"])
 def test_non_finite_loss_stops_with_step_and_term(tmp_path, monkeypatch, term):
-    from moelab import train as tr
     from moelab.config import load_params, resolve_run
+    from moelab.train import loop as tr
     run = resolve_run(load_params(tiny_params(tmp_path / "params.yaml", steps=20)))
     latest = tmp_path / "models" / "latest.pt"
     seen = {"steps": 0, "latest": None}
     real_loss = tr.task_loss
 
-    def poisoned(task, model, batch):
-        loss, info = real_loss(task, model, batch)
+    def poisoned(model, batch):
+        loss, info = real_loss(model, batch)
         core = getattr(model, "module", model)
         if core.training:
             seen["steps"] += 1
@@ -400,8 +396,6 @@ BAD = [
     ("evil-pickle-best-evaluate", _ckpt(_evil_pickle("best.pt"), "evaluate"), ["best.pt", "could run code"]),
     ("evil-torch-save-evaluate", _ckpt(_evil_torch_save, "evaluate"), ["best.pt", "could run code"]),
     ("other-model-size-evaluate", _args("--model", "e16", stage="evaluate"), ["best.pt", "model"]),
-    ("other-model-size-train", _args("--model", "e16"), ["latest.pt", "model"]),
-    ("other-router-train", _args("--router", "attention"), ["latest.pt", "moe.router", "'linear'", "'attention'"]),
 ]
 
 

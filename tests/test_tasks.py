@@ -27,7 +27,7 @@ def params():
 
 def classifier(params, **kw) -> EncoderClassifier:
     torch.manual_seed(0)
-    return EncoderClassifier(VOCAB, MAX_LEN, CLASSES, resolve_run(params, task="classification", **kw)).eval()
+    return EncoderClassifier(VOCAB, MAX_LEN, CLASSES, resolve_run(params, task="classification", **kw).model).eval()
 
 
 # ------------------------------------------------------------------ 7. classification pieces
@@ -86,7 +86,7 @@ def test_classifier_flops_match_torch_flop_counter(params, gate, router):
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(ids, torch.ones_like(ids, dtype=torch.bool))
     realised = [layer.last_stats.slots_selected / layer.last_stats.tokens for layer in model.moe_layers()]
-    analytic = classifier_flops_per_token(run, CLASSES, MAX_LEN, realised)["total"]
+    analytic = classifier_flops_per_token(run.model, CLASSES, MAX_LEN, realised)["total"]
     assert counter.get_total_flops() / ids.numel() == pytest.approx(analytic, rel=1e-9)
 
 
@@ -98,6 +98,7 @@ TINY = {
                            evaluate=dict(batch_size=8, max_batches=1, samples=3)),
 }
 QUALITY = {"summarization": ("rouge1", "rouge2", "rougeL", "rougeLsum"), "classification": ("accuracy", "macro_f1")}
+QUALITY = {task: tuple(f"{split}_{k}" for split in ("val", "test") for k in keys) for task, keys in QUALITY.items()}
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +139,13 @@ def test_prepare_train_evaluate_through_the_cli(tiny_params, tmp_path, task, gat
     train = json.loads((metrics / "train.json").read_text())
     assert train["steps"] == 3
     ev = json.loads((metrics / "eval.json").read_text())
-    for key in QUALITY[task] + tuple("val_" + k for k in QUALITY[task]):
+    for key in QUALITY[task]:
         assert 0.0 <= ev[key] <= 1.0, key
-    assert ev["test_loss"] > 0 and ev["flops_per_token"] > 0
-    assert len(ev["layers"]) == 2      # e8: 1 encoder + 1 decoder sparse layer / 2 encoder blocks
-    for layer in ev["layers"]:
+    assert ev["test_loss"] > 0 and ev["flops_per_token"] > 0 and ev["test_examples"] > 0
+    assert all(isinstance(v, (int, float)) or v is None for v in ev.values()), "eval.json holds numbers only"
+    routing = json.loads((metrics / "eval.routing.json").read_text())
+    assert len(routing["layers"]) == 2      # e8: 1 encoder + 1 decoder sparse layer / 2 encoder blocks
+    for layer in routing["layers"]:
         assert layer["tokens"] > 0 and len(layer["tokens_per_expert"]) == 8
         assert sum(layer["tokens_per_expert"]) == pytest.approx(layer["experts_per_token"] * layer["tokens"])
         assert sum(layer["experts_per_token_hist"]) == layer["tokens"]

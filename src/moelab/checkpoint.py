@@ -10,11 +10,10 @@ from pathlib import Path
 
 import torch
 
+from .errors import CheckpointError
 from .io import atomic_write_bytes
 
-
-class CheckpointError(RuntimeError):
-    pass
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "step", "best_val", "config")
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -23,7 +22,9 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("model",)) -> dict:
+    """A checkpoint's state dict; `required` keys must be present (a resume needs the optimiser,
+    RNG, ... that only latest.pt holds)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found: train this variant first (dvc repro)")
@@ -37,6 +38,11 @@ def load_checkpoint(path: str | Path) -> dict:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {path} is unreadable (not a moelab checkpoint: no model weights): "
                               "restore it from DVC (dvc checkout) or delete it and re-run training")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} cannot be resumed from: it has no {', '.join(missing)} (a best.pt "
+                              "copied over latest.pt?); restore latest.pt (dvc checkout), or re-run with --restart "
+                              "to train from step 0")
     return state
 
 
@@ -68,23 +74,29 @@ def _flat(d, prefix: str = "") -> dict:
 
 # Sections of the run config that do not decide what the weights are: evaluating (or sampling from) a
 # checkpoint with other evaluate params, or after `<task>.train` changed, is legitimate.
-NOT_WEIGHTS = ("evaluate", "train")
+NOT_WEIGHTS = ("evaluate", "train", "code")
+
+
+def config_differences(fingerprint: str | None, config: dict, ignore: tuple[str, ...]) -> list[str]:
+    """What differs between a checkpoint's recorded config and `config`, as readable items
+    (top-level sections in `ignore`, and names derived from the rest, are not compared)."""
+    skip = lambda k: k.split(".")[0] in ignore or k in ("name", "gating")  # noqa: E731
+    theirs = _flat(json.loads(fingerprint)) if isinstance(fingerprint, str) else {}
+    ours = _flat(json.loads(config_fingerprint(config)))
+    return [f"{k} {theirs.get(k)!r} in the checkpoint vs {ours.get(k)!r} now" for k in sorted(set(theirs) | set(ours))
+            if theirs.get(k) != ours.get(k) and not skip(k)]
 
 
 def load_model_state(model: torch.nn.Module, state: dict, path: str | Path, config: dict | None = None,
                      ignore: tuple[str, ...] = NOT_WEIGHTS) -> None:
     """Load weights, explaining a checkpoint that belongs to another model size or variant.
 
-    `ignore`: top-level config sections that may differ (resuming training passes ("evaluate",))."""
-    skip = lambda k: k.split(".")[0] in ignore or k in ("name", "gating")  # noqa: E731 - names derive from the rest
-    theirs = _flat(json.loads(state["config"])) if isinstance(state.get("config"), str) else {}
-    ours = _flat(json.loads(config_fingerprint(config))) if config is not None else {}
-    if config is not None and {k: v for k, v in theirs.items() if not skip(k)} != {k: v for k, v in ours.items() if not skip(k)}:
-        diff = [f"{k} {theirs.get(k)!r} in the checkpoint vs {ours.get(k)!r} now" for k in sorted(set(theirs) | set(ours))
-                if theirs.get(k) != ours.get(k) and not skip(k)]
+    `ignore`: top-level config sections that may differ (evaluation ignores evaluate and train)."""
+    diff = config_differences(state.get("config"), config, ignore) if config is not None else []
+    if diff:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
-        raise CheckpointError(f"checkpoint {path} belongs to another variant ({shown or 'config differs'}): point "
-                              "--models-dir at this variant's directory, or use the flags/params it was trained with")
+        raise CheckpointError(f"checkpoint {path} belongs to another variant ({shown}): point --models-dir at this "
+                              "variant's directory, or use the flags/params it was trained with")
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as err:

@@ -1,4 +1,9 @@
-"""Atomic file writes and metrics records that carry their provenance."""
+"""Atomic file writes, and metrics records with their provenance in a file beside them.
+
+A metrics file (what `dvc metrics` / `dvc exp show` read) holds numbers only; the resolved config and
+the package versions that produced it go to `<name>.meta.json` next to it, which DVC does not treat
+as metrics.
+"""
 from __future__ import annotations
 
 import json
@@ -17,6 +22,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_mode())        # mkstemp makes 0600; a written file respects the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -26,6 +32,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode a new file (0666) or directory (0777) gets under the process umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -77,12 +90,28 @@ def versions() -> dict:
     return out
 
 
-def write_metrics(path: str | Path, metrics: dict, config: dict | None = None) -> None:
-    """Metrics JSON: headline numbers at the top (what `dvc metrics` shows), provenance under `_meta`."""
-    record = dict(metrics)
-    record["_meta"] = {"config": config or {}, "versions": versions()}
-    write_json(path, record)
+def meta_path(metrics_path: str | Path) -> Path:
+    """Where the provenance of a metrics file lives: eval.json -> eval.meta.json."""
+    path = Path(metrics_path)
+    return path.with_name(f"{path.stem}.meta.json")
+
+
+def write_metrics(path: str | Path, metrics: dict, config: dict | None = None, extra_meta: dict | None = None) -> None:
+    """Metrics JSON (numbers only: what `dvc metrics` shows) and its provenance beside it."""
+    write_json(meta_path(path), {"config": config or {}, "versions": versions(), **(extra_meta or {})})
+    write_json(path, metrics)
 
 
 def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON object; a truncated or non-JSON file is a DataError naming it."""
+    from .errors import DataError
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not valid JSON ({err}): re-run the stage that writes it") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path} holds a JSON {type(value).__name__}, not an object: re-run the stage that writes it")
+    return value

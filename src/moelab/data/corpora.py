@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError
+
 REPO_DATA = Path(__file__).resolve().parents[3] / "data" / "corpora"
 SPLITS = ("train", "validation", "test")
 Splits = dict[str, list]
@@ -48,8 +50,6 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validati
 _OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
-class DataError(ValueError):
-    """A corpus could not be loaded; the message says what is wrong and what to do."""
 
 
 @dataclass
@@ -143,12 +143,28 @@ def _load_bundled(name: str) -> _Loaded:
     if not path.is_file():
         raise DataError(f"bundled corpus file {path} not found; set MOELAB_CORPORA to the "
                         "directory holding it or run `python scripts/snapshot_corpora.py`")
-    with lzma.open(path, "rt", encoding="utf-8") as handle:
-        text = handle.read()
+    fix = "restore it with `git checkout -- data/corpora` or re-run `python scripts/snapshot_corpora.py`"
+    try:
+        with lzma.open(path, "rt", encoding="utf-8") as handle:
+            text = handle.read()
+    except (lzma.LZMAError, EOFError) as err:
+        raise DataError(f"bundled corpus file {path} is truncated or not xz-compressed ({err}): {fix}") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"bundled corpus file {path} is not valid UTF-8 (byte {err.start}): {fix}") from None
     if name == "shakespeare":
         records = _shakespeare_blocks(text)
     else:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as err:
+                raise DataError(f"bundled corpus file {path} line {number} is not valid JSON ({err}): {fix}") from None
+            if not isinstance(record, dict):
+                raise DataError(f"bundled corpus file {path} line {number} is not a JSON object: {fix}")
+            records.append(record)
     return _Loaded(f"bundled corpus '{name}'", {"train": records})
 
 
@@ -229,7 +245,7 @@ def _directory_files(directory: Path) -> dict[str, list[Path]]:
 
 
 def _read_with_datasets(builder: str, files: dict[str, list[Path]], origin: str) -> dict:
-    import datasets
+    datasets = _quiet_datasets()
 
     options = {"sample_by": "paragraph"} if builder == "text" else {}
     data_files = {split: [str(f) for f in paths] for split, paths in files.items()}
@@ -241,8 +257,16 @@ def _read_with_datasets(builder: str, files: dict[str, list[Path]], origin: str)
     return dict(loaded)
 
 
-def _load_hub(name: str) -> _Loaded:
+def _quiet_datasets():
+    """No progress bars or info logs from `datasets` on stderr: an error is then its one `moelab` line."""
     import datasets
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    return datasets
+
+
+def _load_hub(name: str) -> _Loaded:
+    datasets = _quiet_datasets()
 
     try:
         loaded = datasets.load_dataset(name)

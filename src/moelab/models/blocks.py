@@ -5,16 +5,24 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..moe import MoELayer, MoEConfig
+from ..moe import InitConfig, MoEConfig, MoELayer
 from ..moe.experts import ACTIVATIONS
+from ..moe.init import switch_init_
 
 
 class DenseFFN(nn.Module):
+    """act(x W_in) W_out: the dense baseline's FFN, initialised like one expert of the same width."""
+
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu"):
         super().__init__()
         self.w_in = nn.Linear(d_model, d_ff, bias=False)
         self.w_out = nn.Linear(d_ff, d_model, bias=False)
         self.act = ACTIVATIONS[activation]
+        self.reset_parameters(InitConfig())
+
+    def reset_parameters(self, init: InitConfig) -> None:
+        switch_init_(self.w_in.weight, init.ffn_scale, self.w_in.in_features)
+        switch_init_(self.w_out.weight, init.ffn_scale, self.w_out.in_features)
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.w_out(self.act(self.w_in(x)))
@@ -23,11 +31,14 @@ class DenseFFN(nn.Module):
 class SelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool):
         super().__init__()
-        if d_model % n_heads:
-            raise ValueError(f"d_model {d_model} must be divisible by n_heads {n_heads}")
         self.n_heads, self.causal, self.dropout = n_heads, causal, dropout
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
+        self.reset_parameters(InitConfig())
+
+    def reset_parameters(self, init: InitConfig) -> None:
+        switch_init_(self.qkv.weight, init.projection_scale, self.qkv.in_features)
+        switch_init_(self.out.weight, init.projection_scale, self.out.in_features)
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = x.shape
@@ -56,30 +67,38 @@ class Block(nn.Module):
         return x + self.drop(self.ffn(self.ln_ffn(x), token_mask))
 
 
-def build_ffns(n_layers: int, d_model: int, dense_d_ff: int, activation: str,
-               moe: MoEConfig | None, moe_every: int) -> list[nn.Module]:
-    """MoE FFN in every moe_every-th block (blocks moe_every-1, 2*moe_every-1, ...), dense elsewhere."""
-    ffns = []
-    for i in range(n_layers):
-        use_moe = moe is not None and moe_every > 0 and (i + 1) % moe_every == 0
-        ffns.append(MoELayer(moe) if use_moe else DenseFFN(d_model, dense_d_ff, activation))
-    return ffns
+def build_blocks(model, moe: MoEConfig | None, causal: bool) -> nn.ModuleList:
+    """The blocks of a ModelConfig: an MoE FFN (config `moe`) in every moe_every-th block, dense elsewhere."""
+    moe_blocks = set(model.moe_block_indices()) if moe is not None else set()
+    ffns = [MoELayer(moe) if i in moe_blocks else DenseFFN(model.d_model, model.dense_d_ff, model.activation)
+            for i in range(model.n_layers)]
+    return nn.ModuleList(Block(model.d_model, model.n_heads, model.dropout, causal, f) for f in ffns)
+
+
+def apply_init(module: nn.Module, init: InitConfig) -> None:
+    """One initialisation rule per role (moe/init.py) over a whole model."""
+    for m in module.modules():
+        if isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=init.embedding_std)
+        elif isinstance(m, (DenseFFN, SelfAttention, MoELayer)):
+            m.reset_parameters(init)
 
 
 class MoEModelMixin:
-    """Shared by every model: find MoE layers, sum their balancing losses once, update biases."""
+    """Shared by every model: find MoE layers, sum their balancing losses once, update balancing state."""
 
     def moe_layers(self) -> list[MoELayer]:
         return [m for m in self.modules() if isinstance(m, MoELayer)]
 
     def balancing_loss(self) -> torch.Tensor:
         layers = self.moe_layers()
-        return sum((l.balancing_loss for l in layers), torch.zeros(()))
+        return sum((layer.balancing_loss for layer in layers), torch.zeros(()))
 
     def record_routing_stats(self, on: bool) -> None:
         for layer in self.moe_layers():
             layer.record_stats = on
 
-    def update_selection_bias(self) -> None:
+    def update_balancing(self) -> None:
+        """After each optimiser step (aux-loss-free bias updates)."""
         for layer in self.moe_layers():
-            layer.selection_bias.update()
+            layer.update_balancing()

@@ -1,13 +1,13 @@
-"""Encoder classifier: bidirectional blocks with MoE FFNs, mean pooling over real tokens, linear head."""
+"""Text classifier: a bidirectional MoE encoder, mean pooling over real tokens, a linear head."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ..config import RunConfig
-from .blocks import Block, MoEModelMixin, build_ffns
-from .lm import _init
+from ..config import ModelConfig
+from ..moe.init import switch_init_
+from .blocks import MoEModelMixin, apply_init, build_blocks
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -19,16 +19,16 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class EncoderClassifier(nn.Module, MoEModelMixin):
     """batch: input_ids [B, T], attention_mask [B, T] (1 = real token), labels [B]."""
 
-    def __init__(self, vocab_size: int, max_len: int, n_classes: int, run: RunConfig):
+    def __init__(self, vocab_size: int, max_len: int, n_classes: int, model: ModelConfig):
         super().__init__()
-        p = run.preset
-        self.tok_emb = nn.Embedding(vocab_size, p.d_model)
-        self.pos_emb = nn.Embedding(max_len, p.d_model)
-        ffns = build_ffns(p.n_layers, p.d_model, run.dense_d_ff, p.activation, run.moe, p.moe_every)
-        self.blocks = nn.ModuleList(Block(p.d_model, p.n_heads, p.dropout, False, f) for f in ffns)
-        self.ln_f = nn.LayerNorm(p.d_model)
-        self.head = nn.Linear(p.d_model, n_classes)
-        self.apply(_init)
+        self.tok_emb = nn.Embedding(vocab_size, model.d_model)
+        self.pos_emb = nn.Embedding(max_len, model.d_model)
+        self.blocks = build_blocks(model, model.moe, causal=False)
+        self.ln_f = nn.LayerNorm(model.d_model)
+        self.head = nn.Linear(model.d_model, n_classes)
+        apply_init(self, model.init)
+        switch_init_(self.head.weight, model.init.projection_scale, model.d_model)
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, ids: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
         """ids [B, T], token_mask [B, T] bool -> class logits [B, C]. Padding is never attended to,

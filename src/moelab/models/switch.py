@@ -9,14 +9,15 @@ and balancing then follow the run's MoEConfig; HF's own router losses are never 
 """
 from __future__ import annotations
 
-import dataclasses
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from ..config import ConfigError, RunConfig
+from ..config import ModelConfig
+from ..errors import ConfigError
 from ..moe import MoEConfig, MoELayer
+from ..moe.init import InitConfig, switch_init_
 from .blocks import MoEModelMixin
 from .lm import IGNORE
 
@@ -47,6 +48,20 @@ class MoESparseMLP(nn.Module):
         return self.moe.balancing_loss
 
 
+def stack_moe_configs(model: ModelConfig, max_target_len: int, hf_config=None) -> tuple[MoEConfig, MoEConfig]:
+    """(encoder, decoder) MoE configs. The encoder is bidirectional; the decoder is causal (capacity
+    from the fixed target length) and routes by token choice: a selection rule that is not causal
+    (expert choice) is used in the encoder only, the decoder keeps the same k with token choice."""
+    moe = model.moe
+    if hf_config is not None:
+        moe = moe_config_for(hf_config, moe)
+    decoder = moe.replace(causal=True, group_len=max_target_len)
+    from ..moe.selection import SELECTIONS
+    if not SELECTIONS.get(moe.selection).is_causal(decoder):
+        decoder = decoder.replace(selection="token_choice")
+    return moe, decoder
+
+
 def moe_config_for(hf_config, moe: MoEConfig) -> MoEConfig:
     """The run's MoEConfig with the checkpoint's sizes and activation; E must match the checkpoint."""
     if moe.n_experts != hf_config.num_experts:
@@ -56,50 +71,89 @@ def moe_config_for(hf_config, moe: MoEConfig) -> MoEConfig:
     if act is None:
         raise ConfigError(f"Switch dense_act_fn {hf_config.dense_act_fn!r} is not supported; "
                           f"allowed: {', '.join(HF_ACTIVATIONS)}")
-    return dataclasses.replace(moe, d_model=hf_config.d_model, d_ff=hf_config.d_ff, activation=act)
+    return moe.replace(d_model=hf_config.d_model, d_ff=hf_config.d_ff, activation=act)
 
 
 @torch.no_grad()
-def wrap_sparse_mlp(sparse, cfg: MoEConfig) -> MoESparseMLP:
-    """A MoESparseMLP holding the expert (and linear-router) weights of an HF SparseMLP."""
+def wrap_sparse_mlp(sparse, cfg: MoEConfig, init: InitConfig | None = None) -> MoESparseMLP:
+    """A MoESparseMLP holding the expert (and linear-router) weights of an HF SparseMLP; a router
+    the checkpoint has no weights for is initialised with `init`."""
     wrapper = MoESparseMLP(cfg)
-    experts = wrapper.moe.experts
+    layer = wrapper.moe
+    if init is not None:
+        layer.router.reset_parameters(init)
     for e in range(cfg.n_experts):
         hf_expert = sparse.experts[f"expert_{e}"]
-        experts.w_in[e].copy_(hf_expert.wi.weight.T)     # wi.weight: [f, d] -> w_in[e]: [d, f]
-        experts.w_out[e].copy_(hf_expert.wo.weight.T)    # wo.weight: [d, f] -> w_out[e]: [f, d]
+        layer.experts.w_in[e].copy_(hf_expert.wi.weight.T)     # wi.weight: [f, d] -> w_in[e]: [d, f]
+        layer.experts.w_out[e].copy_(hf_expert.wo.weight.T)    # wo.weight: [d, f] -> w_out[e]: [f, d]
     classifier = sparse.router.classifier
     if cfg.router == "linear":
         if classifier.bias is not None:
             raise ConfigError("the Switch checkpoint's router has a bias (router_bias: true); "
                               "moelab's linear router has none")
-        wrapper.moe.router.proj.weight.copy_(classifier.weight)   # [E, d]
+        layer.router.proj.weight.copy_(classifier.weight)   # [E, d]
     return wrapper.to(classifier.weight.dtype)
 
 
-def swap_sparse_mlps(hf_model: nn.Module, moe: MoEConfig) -> int:
-    """Replace every SwitchTransformersSparseMLP of `hf_model` in place. Returns how many."""
+class DenseFromExperts(nn.Module):
+    """The dense baseline of a pretrained Switch checkpoint: each sparse MLP becomes one dense FFN of
+    width k * d_ff (the active FLOPs of top-k), built from the checkpoint's first k experts side by
+    side with the output scaled by 1/k, so it starts as the average of k pretrained experts. No router."""
+
+    def __init__(self, sparse, k: int, activation: str):
+        super().__init__()
+        from .blocks import DenseFFN
+        experts = [sparse.experts[f"expert_{e}"] for e in range(k)]
+        d, f = experts[0].wi.weight.shape[1], experts[0].wi.weight.shape[0]
+        self.ffn = DenseFFN(d, k * f, activation)
+        with torch.no_grad():
+            self.ffn.w_in.weight.copy_(torch.cat([x.wi.weight for x in experts], 0))        # [k f, d]
+            self.ffn.w_out.weight.copy_(torch.cat([x.wo.weight for x in experts], 1) / k)   # [d, k f]
+        self.to(experts[0].wi.weight.dtype)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.ffn(hidden_states)
+
+
+def _sparse_mlps(hf_model: nn.Module) -> list[tuple[str, nn.Module]]:
     from transformers.models.switch_transformers.modeling_switch_transformers import SwitchTransformersSparseMLP
-    cfg = moe_config_for(hf_model.config, moe)
-    targets = [(name, m) for name, m in hf_model.named_modules() if isinstance(m, SwitchTransformersSparseMLP)]
+    return [(name, m) for name, m in hf_model.named_modules() if isinstance(m, SwitchTransformersSparseMLP)]
+
+
+def _replace(hf_model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(hf_model.get_submodule(parent_name), child, module)
+
+
+def swap_sparse_mlps(hf_model: nn.Module, encoder: MoEConfig, decoder: MoEConfig, init: InitConfig,
+                     pretrained: bool) -> int:
+    """Replace every SwitchTransformersSparseMLP of `hf_model` in place (encoder / decoder configs).
+    Pretrained: keep the checkpoint's experts (and router, when linear). From scratch: fresh layers
+    with moelab's init. Returns how many were replaced."""
+    targets = _sparse_mlps(hf_model)
     for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        setattr(hf_model.get_submodule(parent_name), child, wrap_sparse_mlp(module, cfg))
+        cfg = decoder if name.startswith("decoder.") else encoder
+        if pretrained:
+            new = wrap_sparse_mlp(module, cfg, None if cfg.router == "linear" else init)
+        else:
+            new = MoESparseMLP(cfg)
+            new.moe.reset_parameters(init)
+        _replace(hf_model, name, new)
     return len(targets)
 
 
-def scratch_config(run: RunConfig, vocab_size: int, pad_id: int, eos_id: int):
-    """A from-scratch SwitchTransformersConfig sized by the model preset (dense: no sparse layers)."""
+def scratch_config(model: ModelConfig, vocab_size: int, pad_id: int, eos_id: int):
+    """A from-scratch SwitchTransformersConfig sized by the model config (dense: no sparse layers)."""
     from transformers import SwitchTransformersConfig
-    p = run.preset
-    moe_every = p.moe_every if run.moe is not None else 0
-    n_sparse = p.n_layers // moe_every if moe_every > 0 else 0
+    moe_every = model.moe_every if model.moe is not None else 0
+    n_sparse = model.n_layers // moe_every if moe_every > 0 else 0
     cfg = SwitchTransformersConfig(
-        vocab_size=vocab_size, d_model=p.d_model, d_kv=p.d_model // p.n_heads, num_heads=p.n_heads,
-        d_ff=p.d_ff if run.moe is not None else run.dense_d_ff, num_layers=p.n_layers,
-        num_decoder_layers=p.n_layers, num_sparse_encoder_layers=n_sparse, num_sparse_decoder_layers=n_sparse,
-        num_experts=p.n_experts, dropout_rate=p.dropout, dense_act_fn=p.activation,
-        pad_token_id=pad_id, eos_token_id=eos_id, decoder_start_token_id=pad_id, output_router_logits=False)
+        vocab_size=vocab_size, d_model=model.d_model, d_kv=model.d_model // model.n_heads, num_heads=model.n_heads,
+        d_ff=model.moe.d_ff if model.moe is not None else model.dense_d_ff, num_layers=model.n_layers,
+        num_decoder_layers=model.n_layers, num_sparse_encoder_layers=n_sparse, num_sparse_decoder_layers=n_sparse,
+        num_experts=model.moe.n_experts if model.moe is not None else 1, dropout_rate=model.dropout,
+        dense_act_fn=model.activation, pad_token_id=pad_id, eos_token_id=eos_id, decoder_start_token_id=pad_id,
+        output_router_logits=False)
     # HF derives sparse_step = n_layers // n_sparse and treats step 1 as "all sparse" (also when n_sparse = 0);
     # set it directly: MoE in every moe_every-th layer, none when 0.
     cfg.encoder_sparse_step = cfg.decoder_sparse_step = moe_every
@@ -120,17 +174,28 @@ def _no_hf_progress_bars():
             hf_logging.enable_progress_bar()
 
 
-def load_hf(run: RunConfig, vocab_size: int, pad_id: int, eos_id: int):
-    """The HF model: from_pretrained(preset.pretrained) (safetensors) or from a scratch config."""
+def load_hf(model: ModelConfig, vocab_size: int, pad_id: int, eos_id: int):
+    """The HF model: from_pretrained(model.pretrained) (safetensors) or from a scratch config."""
     from transformers import SwitchTransformersForConditionalGeneration as Switch
-    if run.preset.pretrained:
+    if model.pretrained:
         with _no_hf_progress_bars():
-            model = Switch.from_pretrained(run.preset.pretrained, use_safetensors=True)
+            hf = Switch.from_pretrained(model.pretrained, use_safetensors=True)
     else:
-        torch.manual_seed(run.seed)
-        model = Switch(scratch_config(run, vocab_size, pad_id, eos_id))
-    model.config.output_router_logits = False
-    return model
+        hf = Switch(scratch_config(model, vocab_size, pad_id, eos_id))
+        _init_dense_ffns(hf, model.init)
+    hf.config.output_router_logits = False
+    return hf
+
+
+@torch.no_grad()
+def _init_dense_ffns(hf_model: nn.Module, init: InitConfig) -> None:
+    """From scratch, HF's dense FFNs get moelab's FFN init (the experts get it in MoELayer), so a
+    dense FFN and an expert of the same width start alike."""
+    from transformers.models.switch_transformers.modeling_switch_transformers import SwitchTransformersDenseActDense
+    for m in hf_model.modules():
+        if isinstance(m, SwitchTransformersDenseActDense):
+            switch_init_(m.wi.weight, init.ffn_scale, m.wi.weight.shape[1])
+            switch_init_(m.wo.weight, init.ffn_scale, m.wo.weight.shape[1])
 
 
 class SwitchSeq2Seq(nn.Module, MoEModelMixin):
@@ -139,10 +204,21 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
     batch: input_ids [B, S], attention_mask [B, S], labels [B, L] (IGNORE = padding).
     """
 
-    def __init__(self, run: RunConfig, vocab_size: int, pad_id: int = 0, eos_id: int = 1):
+    def __init__(self, model: ModelConfig, vocab_size: int, pad_id: int = 0, eos_id: int = 1,
+                 max_target_len: int = 32, dense_top_k: int = 2):
         super().__init__()
-        self.hf = load_hf(run, vocab_size, pad_id, eos_id)
-        self.n_swapped = swap_sparse_mlps(self.hf, run.moe) if run.moe is not None else 0
+        self.hf = load_hf(model, vocab_size, pad_id, eos_id)
+        self.use_cache = True
+        self.n_swapped = 0
+        if model.moe is not None:
+            encoder, decoder = stack_moe_configs(model, max_target_len, self.hf.config if model.pretrained else None)
+            self.n_swapped = swap_sparse_mlps(self.hf, encoder, decoder, model.init, bool(model.pretrained))
+            # a KV cache routes one new token at a time; with capacity, a token's slot depends on the
+            # earlier tokens of its sequence, so generation then re-runs the whole prefix each step
+            self.use_cache = decoder.capacity_factor <= 0
+        else:
+            for name, module in _sparse_mlps(self.hf):      # a pretrained checkpoint's sparse MLPs
+                _replace(self.hf, name, DenseFromExperts(module, dense_top_k, model.activation))
 
     def _wrappers(self, stack: nn.Module) -> list[MoESparseMLP]:
         return [m for m in stack.modules() if isinstance(m, MoESparseMLP)]
@@ -177,13 +253,13 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask, max_new_tokens: int, num_beams: int = 1,
-                 no_repeat_ngram_size: int = 0) -> torch.Tensor:
+                 no_repeat_ngram_size: int = 0, length_penalty: float = 1.0) -> torch.Tensor:
         """Greedy / beam-search summaries [B, <= max_new_tokens + 1] (starting with decoder_start)."""
         self.set_token_masks(attention_mask.bool(), None)
         try:
             return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                                     num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                    no_repeat_ngram_size=no_repeat_ngram_size,
-                                    output_router_logits=False)
+                                    no_repeat_ngram_size=no_repeat_ngram_size, length_penalty=length_penalty,
+                                    output_router_logits=False, use_cache=self.use_cache)
         finally:
             self.set_token_masks(None, None)

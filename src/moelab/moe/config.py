@@ -1,12 +1,56 @@
-"""Configuration of one MoE layer: which router, normaliser, selection and balancing."""
+"""Configuration of one MoE layer: sizes, router, normaliser, k, and the options every registered
+component declares (the `moe:` section of params.yaml, overridable per gate preset).
+
+`MoEConfig.options` holds every option with its default filled in; `cfg.<option>` reads it.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
 
-ROUTERS = ("linear", "attention")
-NORMALISERS = ("softmax", "sparsemax", "entmax15")
-CAPACITY_POLICIES = ("weight", "position")
-ACTIVATIONS = ("gelu", "relu", "silu")
+from .balancing import BALANCING
+from .capacity import CAPACITY_POLICIES, check_capacity
+from .experts import ACTIVATIONS, EXPERTS
+from .normalisers import NORMALISERS
+from .registry import OptionError, Param, non_negative, one_of
+from .routers import ROUTERS
+from .selection import SELECTIONS
+
+# options of the layer itself (which component of a kind to use, and capacity)
+LAYER_PARAMS = {
+    "selection": Param("token_choice", "who chooses: token_choice (each token its top-k) or another "
+                                       "registered selection rule", one_of(SELECTIONS)),
+    "expert": Param("mlp", "expert type", one_of(EXPERTS)),
+    "capacity_factor": Param(0.0, "0: dropless; > 0: at most ceil(cf * slots / E) slots per expert per "
+                                  "sequence", non_negative),
+    "capacity_policy": Param("weight", "which overflow slots are dropped first", one_of(CAPACITY_POLICIES)),
+}
+REGISTRIES = (ROUTERS, NORMALISERS, SELECTIONS, BALANCING, CAPACITY_POLICIES, EXPERTS)
+
+
+def all_params() -> dict[str, Param]:
+    """Every MoE option: the layer's own and each registered component's (names are unique)."""
+    out = dict(LAYER_PARAMS)
+    for registry in REGISTRIES:
+        for key, param in registry.params().items():
+            if key in out:
+                raise ValueError(f"MoE option {key!r} is declared twice")
+            out[key] = param
+    return out
+
+
+def resolve_options(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate option values and fill in defaults. Raises OptionError naming the option."""
+    params = all_params()
+    raw = raw or {}
+    for key in raw:
+        if key not in params:
+            hint = difflib.get_close_matches(str(key), params, n=1)
+            raise OptionError(key, raw[key], f"no such MoE option{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+                                             f"options: {', '.join(params)}")
+    return {key: param.validate(key, raw[key]) if key in raw else param.default for key, param in params.items()}
 
 
 @dataclass(frozen=True)
@@ -14,40 +58,68 @@ class MoEConfig:
     d_model: int
     d_ff: int                      # hidden width of one expert
     n_experts: int
-    router: str = "linear"         # linear | attention
-    norm: str = "softmax"          # softmax | sparsemax | entmax15
+    router: str = "linear"
+    norm: str = "softmax"
     top_k: int = 2                 # k >= 1: keep the k largest weights; 0: soft routing (normaliser's support)
-    renormalize: bool = False      # rescale the kept weights of a token to sum to 1
-    attention_scaled: bool = True  # attention router divides by sqrt(d); False reproduces SparTMoE's unscaled form
-    capacity_factor: float = 0.0   # > 0: at most ceil(cf * slots / E) slots per expert per sequence; 0: dropless
-    capacity_policy: str = "weight"  # which overflow slots are dropped first: lowest weight | latest position
-    aux_loss_coef: float = 0.0     # Switch load-balancing loss coefficient
-    z_loss_coef: float = 0.0       # router z-loss coefficient
-    bias_update_rate: float = 0.0  # aux-loss-free balancing: u in b_i += u * sign(mean_load - load_i)
     activation: str = "gelu"
+    causal: bool = False           # set by the model: a decoder's layers never look at later tokens
+    group_len: int = 0             # causal layers: the fixed sequence length capacity is computed from
+    options: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self, where: str = "moe") -> None:
-        """Raise ValueError naming the key, the value and what is allowed."""
-        def bad(key, value, allowed):
-            raise ValueError(f"{where}.{key} = {value!r} is not allowed; allowed: {allowed}")
+    def __post_init__(self):
+        object.__setattr__(self, "options", resolve_options(self.options))
 
-        if self.router not in ROUTERS:
-            bad("router", self.router, ", ".join(ROUTERS))
-        if self.norm not in NORMALISERS:
-            bad("norm", self.norm, ", ".join(NORMALISERS))
+    def __getattr__(self, name: str):
+        options = self.__dict__.get("options") or {}
+        if name in options:
+            return options[name]
+        raise AttributeError(f"MoEConfig has no field or option {name!r}")
+
+    @classmethod
+    def build(cls, **values) -> "MoEConfig":
+        """Fields by name, and any other keyword as an option: MoEConfig.build(d_model=8, ..., aux_loss_coef=0)."""
+        fields = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        return cls(**{k: v for k, v in values.items() if k in fields},
+                   options={**values.get("options", {}), **{k: v for k, v in values.items() if k not in fields | {"options"}}})
+
+    def replace(self, **changes) -> "MoEConfig":
+        """A copy with fields and/or options changed (options by name)."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        options = {**self.options, **{k: v for k, v in changes.items() if k not in fields}}
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in fields}, options=options)
+
+    # ---------------------------------------------------------------- sizes the options derive
+    @property
+    def n_routed(self) -> int:
+        """Routed experts per layer."""
+        return self.n_experts
+
+    @property
+    def expert_width(self) -> int:
+        """Hidden width of one routed expert."""
+        return self.d_ff
+
+    # ---------------------------------------------------------------- validation
+    def components(self) -> list[type]:
+        """The registered classes this layer uses (balancing rules: the enabled ones)."""
+        return [ROUTERS.get(self.router, "router"), NORMALISERS.get(self.norm, "norm"),
+                SELECTIONS.get(self.selection, "selection"), EXPERTS.get(self.expert, "expert"),
+                CAPACITY_POLICIES.get(self.capacity_policy, "capacity_policy"),
+                *[cls for cls in BALANCING.classes.values() if cls.enabled(self)]]
+
+    def validate(self) -> None:
+        """Raise OptionError (its `key` names the field or option) for a value that is not allowed."""
         if self.n_experts < 1:
-            bad("n_experts", self.n_experts, "an integer >= 1")
-        if not 0 <= self.top_k <= self.n_experts:
-            bad("top_k", self.top_k, f"0 (soft routing) or 1..{self.n_experts} (the number of experts)")
-        if self.capacity_factor < 0:
-            bad("capacity_factor", self.capacity_factor, "0 (dropless) or a number > 0")
-        if self.capacity_policy not in CAPACITY_POLICIES:
-            bad("capacity_policy", self.capacity_policy, ", ".join(CAPACITY_POLICIES))
+            raise OptionError("n_experts", self.n_experts, "an integer >= 1")
         if self.activation not in ACTIVATIONS:
-            bad("activation", self.activation, ", ".join(ACTIVATIONS))
-        for key in ("aux_loss_coef", "z_loss_coef", "bias_update_rate"):
-            if getattr(self, key) < 0:
-                bad(key, getattr(self, key), "a number >= 0")
-        if self.bias_update_rate > 0 and self.top_k == 0:
-            bad("bias_update_rate", self.bias_update_rate,
-                "0 when top_k = 0 (the bias only changes which top-k experts are selected)")
+            raise OptionError("activation", self.activation, ", ".join(ACTIVATIONS))
+        if not 0 <= self.top_k <= self.n_routed:
+            raise OptionError("top_k", self.top_k, f"0 (soft routing) or 1..{self.n_routed} (the number of experts)")
+        for component in self.components():
+            component.check(self)
+        if self.causal:
+            for kind, component in zip(("router", "norm", "selection", "expert"), self.components()):
+                if not component.is_causal(self):
+                    raise OptionError(kind, getattr(self, kind), f"a causal {kind} in a causal model "
+                                      f"({component.name} is not: {component.not_causal_because})")
+            check_capacity(self)

@@ -1,16 +1,15 @@
 """Dispatch: sort the slots by expert, run the experts on contiguous blocks, add the outputs back per token.
 
-Shapes: N tokens, S slots (token -> expert pairs), E experts, d model width.
+Shapes: N tokens, S slots (token -> expert pairs), E experts, d model width. Kept apart from
+routing (MegaBlocks-style): it only sees the slots, never how they were chosen.
 """
 from __future__ import annotations
 
 import torch
 
-from .experts import GroupedExperts
-
 
 def dispatch_combine(x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor,
-                     experts: GroupedExperts, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+                     experts, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort slots by expert, run each expert once on its contiguous block, scatter-add weighted outputs.
 
     x: [N, d]; token/expert/weight: [S]. Returns (out [N, d] in x's dtype, tokens_per_expert [E]).

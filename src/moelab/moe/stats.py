@@ -12,15 +12,15 @@ class RoutingStats:
     slots_selected: float = 0.0         # token->expert slots chosen by selection
     slots_dropped: float = 0.0          # of those, dropped by expert capacity
     entropy_sum: float = 0.0            # sum over tokens of -sum_i p_i log p_i of the router weights
+    batches: float = 0.0                # forward passes summed here
+    max_violation_sum: float = 0.0      # sum over forward passes of MaxVio (see max_violation)
     tokens_per_expert: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [E] computed slots
     # [k_max + 1]: entry j = number of tokens computed by exactly j experts (after capacity drops)
     experts_per_token_hist: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def __iadd__(self, other: "RoutingStats") -> "RoutingStats":
-        self.tokens += other.tokens
-        self.slots_selected += other.slots_selected
-        self.slots_dropped += other.slots_dropped
-        self.entropy_sum += other.entropy_sum
+        for name in ("tokens", "slots_selected", "slots_dropped", "entropy_sum", "batches", "max_violation_sum"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
         if self.tokens_per_expert.numel() == 0:
             self.tokens_per_expert = other.tokens_per_expert.clone()
         else:
@@ -38,11 +38,19 @@ class RoutingStats:
             "tokens_per_expert": [int(v) for v in load.tolist()],
             "expert_share": [v / max(load.sum().item(), 1.0) for v in load.tolist()],
             "load_cv": cv,
+            "max_violation": self.max_violation_sum / max(self.batches, 1.0),
             "routing_entropy": self.entropy_sum / tokens,
             "dropped_fraction": self.slots_dropped / max(self.slots_selected, 1.0),
             "experts_per_token": (self.slots_selected - self.slots_dropped) / tokens,
             "experts_per_token_hist": [int(v) for v in self.experts_per_token_hist.tolist()],
         }
+
+
+def max_violation(tokens_per_expert: torch.Tensor) -> float:
+    """MaxVio of one batch (Wang et al. 2024): max_i load_i / mean load - 1 (0 when perfectly balanced)."""
+    load = tokens_per_expert.double()
+    mean = load.mean().item() if load.numel() else 0.0
+    return load.max().item() / mean - 1.0 if mean > 0 else 0.0
 
 
 def experts_per_token_hist(kept_token: torch.Tensor, n_tokens: int, n_experts: int) -> torch.Tensor:

@@ -1,18 +1,24 @@
-"""Text classification with an MoE encoder (data from data/prepare.py `prepare_classification`)."""
+"""Text classification with an MoE encoder: mean pooling over real tokens, a linear head."""
 from __future__ import annotations
 
-import json
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
-from ..config import RunConfig
-from ..data.prepare import load_ragged_npz
-from ..data.tokenizer import load_tokenizer, special_id
+from ..config.schema import DataParams, at_least
+from ..errors import DataError
 from ..models.classifier import EncoderClassifier
-from .summarization import SplitsChecked, pad_batch, row_batches
+from .base import SPLITS, TASKS, Metric, Task, no_progress, pad_batch, row_batches
+
+
+@dataclass(frozen=True)
+class ClassificationData(DataParams):
+    text_column: str = "text"
+    label_column: str = "label"
+    seq_len: int = at_least(1, default=64, note="tokens kept per text")
 
 
 def accuracy_macro_f1(pred: list[int], true: list[int], n_classes: int) -> tuple[float, float]:
@@ -27,38 +33,109 @@ def accuracy_macro_f1(pred: list[int], true: list[int], n_classes: int) -> tuple
     return correct / max(len(true), 1), sum(f1s) / max(n_classes, 1)
 
 
-def classifier_flops_per_token(run: RunConfig, n_classes: int, context: int,
-                               experts_per_token: list[float] | None = None) -> dict:
+def bag_of_words(seqs: list, vocab_size: int) -> torch.Tensor:
+    """[N, V] binary bag of token ids, rows scaled to unit L2 norm."""
+    x = torch.zeros(len(seqs), vocab_size)
+    for i, s in enumerate(seqs):
+        x[i, torch.as_tensor(np.asarray(s, dtype=np.int64))] = 1.0
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-9)
+
+
+def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
+                            steps: int = 100) -> torch.nn.Linear:
+    """Multinomial logistic regression, full batch, L-BFGS on mean cross-entropy + l2 * |W|^2."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(x.shape[1], n_classes)
+    torch.nn.init.zeros_(model.weight)
+    torch.nn.init.zeros_(model.bias)
+    opt = torch.optim.LBFGS(model.parameters(), lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y) + l2 * model.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return model
+
+
+def classifier_flops_per_token(model, n_classes: int, context: int, experts_per_token: list[float] | None = None) -> dict:
     """decoder_flops_per_token with the vocab head (2*d*V per token) replaced by the classifier head:
     2*d*C once per sequence, i.e. 2*d*C / context per token (mean pooling is not a matmul)."""
     from ..flops import decoder_flops_per_token
-    out = decoder_flops_per_token(run, 0, context, experts_per_token)   # vocab 0: no LM head
-    out["head"] = 2 * run.preset.d_model * n_classes / context
+    out = decoder_flops_per_token(model, 0, context, experts_per_token)   # vocab 0: no LM head
+    out["head"] = 2 * model.d_model * n_classes / context
     out["total"] += out["head"]
     return out
 
 
-class ClassificationTask(SplitsChecked):
-    name = "classification"
-    quality_metric = "accuracy"
+@TASKS.register("classification")
+class ClassificationTask(Task):
+    data_params = ClassificationData
+    metrics = (Metric("accuracy", "accuracy", True), Metric("macro_f1", "macro-F1", True),
+               Metric("loss", "loss (nats/example)", False))
 
-    def __init__(self, run: RunConfig, data_dir: Path):
-        self.run, self.data_dir = run, data_dir
-        self.tokenizer = load_tokenizer(data_dir / "tokenizer.json")
+    def __init__(self, run, data_dir: Path):
+        super().__init__(run, data_dir)
+        from ..data.tokenizer import load_checked_tokenizer, special_id
+        self.tokenizer = load_checked_tokenizer(self.data_dir, self.redo)
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.pad = special_id(self.tokenizer, "<pad>")
-        labels = data_dir / "labels.json"
-        if not labels.exists():
-            raise FileNotFoundError(f"{labels} not found: run the prepare stage first")
-        self.label_names = json.loads(labels.read_text())
+        labels = self.data_dir / "labels.json"
+        if not labels.is_file():
+            raise DataError(f"{labels} not found (data not prepared): {self.redo}")
+        names = read_label_names(labels)
+        if len(names) < 2 or not all(isinstance(n, str) for n in names):
+            raise DataError(f"{labels} must list at least two label names: {self.redo}")
+        self.label_names = names
         self.seq_len = run.data.seq_len
         self._splits: dict[str, dict] = {}
+        self._test_pairs: list[tuple[int, int]] = []
 
+    @staticmethod
+    def prepare(data: ClassificationData, out: Path, seed: int = 0) -> dict:
+        """Per split: {split}.npz with ragged BPE ids (cut to seq_len) and labels; labels.json; texts."""
+        from ..data.corpora import classification_splits
+        from ..data.prepare import ragged_arrays, save_npz
+        from ..data.tokenizer import special_id, train_bpe
+        import json
+
+        from ..io import atomic_write_text, write_json
+        splits, names = classification_splits(data.source, text_column=data.text_column,
+                                              label_column=data.label_column, max_records=data.max_records,
+                                              seed=seed, val_frac=data.val_frac, test_frac=data.test_frac)
+        tok = train_bpe([t for t, _ in splits["train"]], data.vocab_size, out / "tokenizer.json")
+        atomic_write_text(out / "labels.json", json.dumps(names))
+        stats = {"vocab_size": tok.get_vocab_size(), "labels": names}
+        for split in SPLITS:
+            texts = [t for t, _ in splits[split]]
+            ids = [enc.ids[:data.seq_len] or [special_id(tok, "<unk>")] for enc in tok.encode_batch(texts)]
+            labels = np.asarray([y for _, y in splits[split]], dtype=np.int64)
+            save_npz(out / f"{split}.npz", **ragged_arrays("text", ids), labels=labels)
+            write_json(out / f"{split}.json", {"texts": texts})
+            stats[f"{split}_examples"] = len(texts)
+            stats[f"{split}_tokens"] = sum(map(len, ids))
+        return stats
+
+    # ---------------------------------------------------------------- data
     def split(self, split: str) -> dict:
-        """{"text": [ids], "labels": int64 array [N]}."""
+        """{"text": [ids], "labels": int64 array [N]}, checked when first opened."""
         if split not in self._splits:
-            self._splits[split] = load_ragged_npz(self.data_dir / f"{split}.npz")
+            from ..data.prepare import check_ids, load_ragged_npz
+            path = self.data_dir / f"{split}.npz"
+            data = load_ragged_npz(path, self.redo)
+            if set(data) != {"text", "labels"} or len(data["text"]) != len(data["labels"]) or not len(data["labels"]):
+                raise DataError(f"{path} does not hold a non-empty set of texts with one label each: {self.redo}")
+            labels = data["labels"]
+            if labels.dtype.kind not in "iu" or int(labels.min()) < 0 or int(labels.max()) >= len(self.label_names):
+                raise DataError(f"{path} has labels outside 0..{len(self.label_names) - 1} (labels.json): {self.redo}")
+            check_ids(path, data["text"], self.vocab_size, self.redo)
+            self._splits[split] = data
         return self._splits[split]
+
+    def check_data(self) -> None:
+        for split in SPLITS:
+            self.split(split)
 
     def collate(self, split: str, rows: list[int]) -> dict:
         data = self.split(split)
@@ -67,7 +144,7 @@ class ClassificationTask(SplitsChecked):
                 "labels": torch.as_tensor(data["labels"][rows], dtype=torch.long)}
 
     def build_model(self) -> EncoderClassifier:
-        return EncoderClassifier(self.vocab_size, self.seq_len, len(self.label_names), self.run)
+        return EncoderClassifier(self.vocab_size, self.seq_len, len(self.label_names), self.run.model)
 
     def train_batch(self, generator: torch.Generator, batch_size: int) -> dict:
         """batch_size random examples; the draw advances `generator` only (resumable)."""
@@ -78,34 +155,70 @@ class ClassificationTask(SplitsChecked):
         for rows in row_batches(len(self.split(split)["labels"]), batch_size, max_batches):
             yield self.collate(split, rows)
 
-    def evaluate(self, model, collector, progress: bool = True) -> tuple[dict, str]:
-        """Loss, accuracy and macro-F1 on validation and test; routing stats on test; samples."""
+    # ---------------------------------------------------------------- evaluation
+    def evaluate_split(self, model, split: str, progress: bool) -> dict:
         from tqdm.auto import tqdm
         ev = self.run.evaluate
-        metrics, test_pred = {}, []
-        for split, prefix in (("validation", "val_"), ("test", "")):
-            preds, trues, nll = [], [], 0.0
-            ctx = collector.collecting() if split == "test" else nullcontext()
-            with ctx:
-                for batch in tqdm(self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"eval {split}",
-                                  disable=not progress, mininterval=1.0):
-                    logits = model(batch["input_ids"], batch["attention_mask"].bool())      # [B, C]
-                    nll += torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum").item()
-                    preds += logits.argmax(-1).tolist()
-                    trues += batch["labels"].tolist()
-            acc, f1 = accuracy_macro_f1(preds, trues, len(self.label_names))
-            metrics.update({f"{prefix}accuracy": acc, f"{prefix}macro_f1": f1,
-                            f"{prefix or 'test_'}loss": nll / max(len(trues), 1),
-                            f"{prefix or 'test_'}examples": len(trues)})
-            test_pred = list(zip(preds, trues))
-        routing = collector.summary()
-        realised = [layer["experts_per_token"] for layer in routing["layers"]] or None
-        metrics["flops_per_token"] = self.flops_per_token(realised)["total"]
-        metrics.update(routing)
-        return metrics, self.samples_markdown(test_pred[:ev.samples])
+        preds, trues, nll = [], [], 0.0
+        for batch in tqdm(self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"eval {split}",
+                          **no_progress(progress)):
+            logits = model(batch["input_ids"], batch["attention_mask"].bool())      # [B, C]
+            nll += torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum").item()
+            preds += logits.argmax(-1).tolist()
+            trues += batch["labels"].tolist()
+        if split == "test":
+            self._test_pairs = list(zip(preds, trues))
+        acc, f1 = accuracy_macro_f1(preds, trues, len(self.label_names))
+        return {"accuracy": acc, "macro_f1": f1, "loss": nll / max(len(trues), 1), "examples": len(trues)}
 
+    def samples_markdown(self, model) -> str:
+        from ..io import read_json
+        texts = read_json(self.data_dir / "test.json").get("texts", [])
+        lines = [f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}\n",
+                 "| text | predicted | true |", "|---|---|---|"]
+        for text, (p, t) in zip(texts, self._test_pairs[:self.run.evaluate.samples]):
+            cell = str(text).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {cell[:300]} | {self.label_names[p]} | {self.label_names[t]} |")
+        return "\n".join(lines) + "\n"
+
+    # ---------------------------------------------------------------- references
+    def _evaluated(self, split: str) -> tuple[list, list[int]]:
+        ev = self.run.evaluate
+        data = self.split(split)
+        n = len(data["labels"]) if ev.max_batches is None else min(len(data["labels"]), ev.max_batches * ev.batch_size)
+        return data["text"][:n], data["labels"][:n].tolist()
+
+    def references(self, progress: bool = False) -> dict[str, dict]:
+        """On the same examples as the models: the majority class of the training split, and a
+        bag-of-words logistic regression (binary token features of the same BPE; its L2 strength
+        picked on validation accuracy from 1e-4, 1e-3, 1e-2)."""
+        train = self.split("train")
+        y_train = torch.as_tensor(train["labels"], dtype=torch.long)
+        n_classes = len(self.label_names)
+        majority = int(torch.bincount(y_train, minlength=n_classes).argmax())
+        refs = {"majority": {"description": f"always the training split's most frequent label "
+                                            f"({self.label_names[majority]})"},
+                "bow-logreg": {"description": "logistic regression on a binary bag of BPE tokens"}}
+        x_train = bag_of_words(train["text"], self.vocab_size)
+        val_text, val_true = self._evaluated("validation")
+        x_val = bag_of_words(val_text, self.vocab_size)
+        fits = {l2: fit_logistic_regression(x_train, y_train, n_classes, l2) for l2 in (1e-4, 1e-3, 1e-2)}
+        val_acc = {l2: accuracy_macro_f1(m(x_val).argmax(-1).tolist(), val_true, n_classes)[0] for l2, m in fits.items()}
+        best = max(val_acc, key=val_acc.get)
+        refs["bow-logreg"]["l2"] = best
+        for split, prefix in (("validation", "val_"), ("test", "test_")):
+            text, true = self._evaluated(split)
+            with torch.no_grad():
+                logits = fits[best](bag_of_words(text, self.vocab_size))
+            for name, pred in (("majority", [majority] * len(true)), ("bow-logreg", logits.argmax(-1).tolist())):
+                acc, f1 = accuracy_macro_f1(pred, true, n_classes)
+                refs[name].update({f"{prefix}accuracy": acc, f"{prefix}macro_f1": f1, f"{prefix}examples": len(true)})
+        return refs
+
+    # ---------------------------------------------------------------- cost
     def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None) -> dict:
-        return classifier_flops_per_token(self.run, len(self.label_names), context or self.seq_len, experts_per_token)
+        return classifier_flops_per_token(self.run.model, len(self.label_names), context or self.seq_len,
+                                          experts_per_token)
 
     def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:
         """A training batch whose every position counts as a token (the padding of short reviews
@@ -117,11 +230,14 @@ class ClassificationTask(SplitsChecked):
     def batch_flops_per_token(self, batch: dict, experts_per_token: list[float] | None) -> dict:
         return self.flops_per_token(experts_per_token, batch["input_ids"].shape[1])
 
-    def samples_markdown(self, pairs: list[tuple[int, int]]) -> str:
-        texts = json.loads((self.data_dir / "test.json").read_text())["texts"]
-        lines = [f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}\n",
-                 "| text | predicted | true |", "|---|---|---|"]
-        for text, (p, t) in zip(texts, pairs):
-            cell = text.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {cell[:300]} | {self.label_names[p]} | {self.label_names[t]} |")
-        return "\n".join(lines) + "\n"
+
+def read_label_names(path: Path) -> list:
+    """labels.json: a JSON list of label names; anything else is one DataError line."""
+    import json
+    try:
+        value = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not valid JSON ({err}): re-run prepare") from None
+    if not isinstance(value, list):
+        raise DataError(f"{path} must be a JSON list of label names: re-run prepare")
+    return value

@@ -1,42 +1,77 @@
 """Language modelling: random windows of the token stream for training, every window for evaluation."""
 from __future__ import annotations
 
-from contextlib import nullcontext
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..config import RunConfig
-from ..data.corpora import SPLITS, DataError
-from ..data.tokenizer import load_tokenizer, special_id
-from ..models.lm import IGNORE, DecoderLM
-from . import prepare_hint
+from ..config.schema import DataParams, EvalParams, allowed, at_least
+from ..errors import DataError
+from ..models.lm import IGNORE, DecoderLM, causal_moe
+from .base import SPLITS, TASKS, Metric, Task, no_progress
 
 
-class LMTask:
-    name = "lm"
-    quality_metric = "test_ppl"
+@dataclass(frozen=True)
+class LMData(DataParams):
+    text_column: str = "text"
+    seq_len: int = at_least(2, default=64, note="tokens per training sequence (the model's context)")
 
-    def __init__(self, run: RunConfig, data_dir: Path):
-        self.run, self.data_dir = run, data_dir
-        self.redo = prepare_hint(self.name, data_dir)
-        self.tokenizer = self._load_tokenizer(data_dir / "tokenizer.json")
+
+@dataclass(frozen=True)
+class LMEval(EvalParams):
+    sample_tokens: int = at_least(0, default=48)
+    temperature: float = at_least(0, default=0.8, note="0: greedy")
+    sampling_top_k: int = at_least(0, default=40, note="sample among the k most likely tokens; 0: all")
+    top_p: float = allowed(0, 1, lo_open=True, default=0.95, note="nucleus sampling")
+
+
+@TASKS.register("lm")
+class LMTask(Task):
+    data_params, eval_params = LMData, LMEval
+    metrics = (Metric("ppl", "perplexity", False), Metric("loss", "loss (nats/token)", False))
+    count_key = "tokens"
+
+    def __init__(self, run, data_dir: Path):
+        super().__init__(run, data_dir)
+        from ..data.tokenizer import load_checked_tokenizer, special_id
+        self.tokenizer = load_checked_tokenizer(self.data_dir, self.redo)
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.eos = special_id(self.tokenizer, "<eos>")
-        self.pad = special_id(self.tokenizer, "<pad>")
         self.seq_len = run.data.seq_len
         self._streams: dict[str, torch.Tensor] = {}
+        self._routed = None
 
-    def _load_tokenizer(self, path: Path):
-        if not path.is_file():
-            raise DataError(f"{path} not found (data not prepared): {self.redo}")
-        try:
-            return load_tokenizer(path)
-        except Exception as err:   # noqa: BLE001 - any parse failure means the same thing
-            raise DataError(f"{path} is not a readable tokenizer ({' '.join(str(err).split())[:120]}): {self.redo}") from None
+    @classmethod
+    def moe_configs(cls, run):
+        return [causal_moe(run.model, run.data.seq_len)] if run.model.moe is not None else []
 
+    @staticmethod
+    def prepare(data: LMData, out: Path, seed: int = 0) -> dict:
+        """Each split becomes one stream of token ids: documents joined by <eos>."""
+        from ..data.corpora import lm_splits
+        from ..data.prepare import save_array
+        from ..data.tokenizer import special_id, train_bpe
+        splits = lm_splits(data.source, text_column=data.text_column, max_records=data.max_records,
+                           seed=seed, val_frac=data.val_frac, test_frac=data.test_frac)
+        tok = train_bpe(splits["train"], data.vocab_size, out / "tokenizer.json")
+        eos = special_id(tok, "<eos>")
+        stats = {"vocab_size": tok.get_vocab_size()}
+        for split in SPLITS:
+            ids = []
+            for enc in tok.encode_batch(splits[split]):
+                ids.extend(enc.ids)
+                ids.append(eos)
+            save_array(out / f"{split}.npy", np.asarray(ids, dtype=np.int32))
+            stats[f"{split}_documents"] = len(splits[split])
+            stats[f"{split}_tokens"] = len(ids)
+        return stats
+
+    # ---------------------------------------------------------------- data
     def check_data(self) -> None:
         """Load and validate every split, so a broken file fails before anything is written."""
         for split in SPLITS:
@@ -49,13 +84,9 @@ class LMTask:
         return self._streams[split]
 
     def _load_ids(self, split: str) -> np.ndarray:
+        from ..data.prepare import load_array
         path = self.data_dir / f"{split}.npy"
-        if not path.is_file():
-            raise DataError(f"{path} not found (data not prepared): {self.redo}")
-        try:
-            ids = np.load(path, allow_pickle=False)
-        except Exception as err:   # noqa: BLE001 - truncated, not .npy, or an object array
-            raise DataError(f"{path} is not a readable token array ({' '.join(str(err).split())[:120]}): {self.redo}") from None
+        ids = load_array(path, self.redo)
         if ids.ndim != 1 or ids.dtype.kind not in "iu":
             raise DataError(f"{path} holds a {ids.dtype} array of shape {ids.shape}, not a 1-D stream of token ids: {self.redo}")
         if ids.size < 2:
@@ -67,7 +98,7 @@ class LMTask:
         return ids
 
     def build_model(self) -> DecoderLM:
-        return DecoderLM(self.vocab_size, self.seq_len, self.run)
+        return DecoderLM(self.vocab_size, self.seq_len, self.run.model)
 
     def train_batch(self, generator: torch.Generator, batch_size: int) -> dict:
         """batch_size random windows of seq_len + 1 tokens; the draw advances `generator` (resumable)."""
@@ -85,7 +116,7 @@ class LMTask:
             if max_batches is not None and b >= max_batches:
                 return
             rows = range(first, min(first + batch_size, n_windows))
-            inputs = torch.full((len(rows), self.seq_len), self.pad, dtype=torch.long)
+            inputs = torch.full((len(rows), self.seq_len), self.eos, dtype=torch.long)
             targets = torch.full((len(rows), self.seq_len), IGNORE, dtype=torch.long)
             for r, w in enumerate(rows):
                 chunk = ids[w * self.seq_len: w * self.seq_len + self.seq_len + 1]
@@ -96,39 +127,30 @@ class LMTask:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
 
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text).ids
-
-    # ------------------------------------------------------------------ evaluation
-    def evaluate(self, model, collector, progress: bool = True) -> tuple[dict, str]:
-        """Token-weighted perplexity on validation and test; routing stats on test; samples."""
+    # ---------------------------------------------------------------- evaluation
+    def evaluate_split(self, model, split: str, progress: bool) -> dict:
+        """Perplexity = exp(total NLL / total target tokens) over every window of the split."""
         from tqdm.auto import tqdm
         ev = self.run.evaluate
-        metrics = {}
-        moe_layers = model.moe_layers() if hasattr(model, "moe_layers") else []
-        last = moe_layers[-1] if moe_layers else None
-        routed = None      # test split, last MoE layer: ([E, V] token id -> expert counts, [V] occurrences)
-        for split, short in (("validation", "val"), ("test", "test")):
-            batches = self.eval_batches(split, ev.batch_size, ev.max_batches)
-            nll, tokens = 0.0, 0
-            ctx = collector.collecting() if split == "test" else nullcontext()
-            with ctx:
-                for batch in tqdm(batches, desc=f"eval {split}", disable=not progress, mininterval=1.0):
-                    loss, info = model.loss(batch)
-                    nll += loss.item() * info["tokens"]
-                    tokens += info["tokens"]
-                    if split == "test" and last is not None and last.last_assignment is not None:
-                        routed = self._count_routed(routed, batch, last.last_assignment, last.cfg.n_experts)
-            metrics[f"{short}_loss"] = nll / max(tokens, 1)
-            metrics[f"{short}_ppl"] = float(torch.tensor(metrics[f"{short}_loss"]).exp())
-            metrics[f"{short}_tokens"] = tokens
-        routing = collector.summary()
-        realised = [l["experts_per_token"] for l in routing["layers"]] or None
-        metrics["flops_per_token"] = self.flops_per_token(realised)["total"]
-        metrics.update(routing)
-        if routed is not None:
-            metrics["specialisation"] = self.specialisation(routed, layer=len(moe_layers) - 1)
-        return metrics, self.samples(model)
+        layers = model.moe_layers() if hasattr(model, "moe_layers") else []
+        last = layers[-1] if layers else None
+        nll, tokens = 0.0, 0
+        for batch in tqdm(self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"eval {split}",
+                          **no_progress(progress)):
+            logits = model(batch["input_ids"], batch["targets"] != IGNORE).float()
+            nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["targets"].reshape(-1),
+                                   ignore_index=IGNORE, reduction="sum").double().item()
+            tokens += int((batch["targets"] != IGNORE).sum())
+            if split == "test" and last is not None and last.last_assignment is not None:
+                self._routed = self._count_routed(self._routed, batch, last.last_assignment, last.cfg.n_routed)
+        loss = nll / max(tokens, 1)
+        return {"loss": loss, "ppl": math.exp(loss), "tokens": tokens}
+
+    def extra_metrics(self, model) -> dict:
+        layers = model.moe_layers() if hasattr(model, "moe_layers") else []
+        if self._routed is None or not layers:
+            return {}
+        return {"specialisation": self.specialisation(self._routed, layer=len(layers) - 1)}
 
     def _count_routed(self, routed, batch: dict, assignment, n_experts: int):
         ids = batch["input_ids"].reshape(-1).cpu()
@@ -153,31 +175,49 @@ class LMTask:
                  "share": round(float(counts[t]) / max(float(occurrences[t]), 1.0), 4)} for t in best]})
         return {"layer": layer, "split": "test", "experts": experts}
 
-    def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None) -> dict:
-        """Analytic forward FLOPs per token; experts_per_token: realised per MoE block (default k or E)."""
-        from ..flops import decoder_flops_per_token
-        return decoder_flops_per_token(self.run, self.vocab_size, context or self.seq_len, experts_per_token)
-
-    def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:
-        """A training batch with no padding (LM windows have none) and its token count."""
-        batch = self.train_batch(generator, batch_size)
-        return batch, batch["input_ids"].numel()
-
-    def batch_flops_per_token(self, batch: dict, experts_per_token: list[float] | None) -> dict:
-        return self.flops_per_token(experts_per_token, batch["input_ids"].shape[1])
-
-    def samples(self, model) -> str:
+    def samples_markdown(self, model) -> str:
         ev = self.run.evaluate
         gen = torch.Generator().manual_seed(self.run.seed)
         ids = self.stream("test")
         lines = [f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}",
-                 f"temperature {ev.temperature}, top-k {ev.top_k}, top-p {ev.top_p}\n"]
+                 f"temperature {ev.temperature}, sampling top-k {ev.sampling_top_k}, top-p {ev.top_p}\n"]
         prompt_len = 8
         for i in range(ev.samples):
             start = (i * 997) % max(1, ids.numel() - prompt_len)
             prompt = ids[start:start + prompt_len].unsqueeze(0)
-            out = model.generate(prompt, ev.sample_tokens, ev.temperature, ev.top_k, ev.top_p, gen)[0].tolist()
+            out = model.generate(prompt, ev.sample_tokens, ev.temperature, ev.sampling_top_k, ev.top_p, gen)
             lines.append(f"## Sample {i + 1}\n**prompt:** {self.decode(prompt[0].tolist())!r}\n\n"
-                         f"```\n{self.decode(out)}\n```\n")
+                         f"```\n{self.decode(out[0].tolist())}\n```\n")
         return "\n".join(lines)
 
+    # ---------------------------------------------------------------- references
+    def references(self, progress: bool = False) -> dict[str, dict]:
+        """A unigram model (add-one smoothed token frequencies of the training split) on the same
+        test and validation windows: what a model that ignores context scores."""
+        counts = torch.bincount(self.stream("train"), minlength=self.vocab_size).double() + 1.0
+        log_p = (counts / counts.sum()).log()
+        out = {"description": "unigram: add-one smoothed token frequencies of the training split, no context"}
+        ev = self.run.evaluate
+        for split, prefix in (("validation", "val_"), ("test", "test_")):
+            ids = self.stream(split)
+            windows = (ids.numel() - 1 + self.seq_len - 1) // self.seq_len
+            if ev.max_batches is not None:       # the same windows the models are scored on
+                windows = min(windows, ev.max_batches * ev.batch_size)
+            targets = ids[1:windows * self.seq_len + 1]
+            nll = -log_p[targets].sum().item()
+            out.update({f"{prefix}loss": nll / targets.numel(), f"{prefix}ppl": math.exp(nll / targets.numel()),
+                        f"{prefix}tokens": int(targets.numel())})
+        return {"unigram": out}
+
+    # ---------------------------------------------------------------- cost
+    def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None) -> dict:
+        """Analytic forward FLOPs per token; experts_per_token: realised per MoE block (default k or E)."""
+        from ..flops import decoder_flops_per_token
+        return decoder_flops_per_token(self.run.model, self.vocab_size, context or self.seq_len, experts_per_token)
+
+    def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:
+        batch = self.train_batch(generator, batch_size)        # LM windows have no padding
+        return batch, batch["input_ids"].numel()
+
+    def batch_flops_per_token(self, batch: dict, experts_per_token: list[float] | None) -> dict:
+        return self.flops_per_token(experts_per_token, batch["input_ids"].shape[1])

@@ -21,12 +21,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .io import read_json  # noqa: E402
+from ..io import read_json  # noqa: E402
+from .tables import run_config, seed_files  # noqa: E402
 
 # quality metrics in the order they are plotted: key -> (label, lower is better)
-QUALITY = {"test_ppl": ("test perplexity", True), "rouge1": ("ROUGE-1", False), "rouge2": ("ROUGE-2", False),
-           "rougeL": ("ROUGE-L", False), "rougeLsum": ("ROUGE-Lsum", False), "accuracy": ("accuracy", False),
-           "macro_f1": ("macro-F1", False)}
+QUALITY = {"test_ppl": ("test perplexity", True), "test_rouge1": ("ROUGE-1", False),
+           "test_rouge2": ("ROUGE-2", False), "test_rougeL": ("ROUGE-L", False), "test_rougeLsum": ("ROUGE-Lsum", False),
+           "test_accuracy": ("accuracy", False), "test_macro_f1": ("macro-F1", False)}
 SPARSE_NORMS = ("sparsemax", "entmax15", "entmax")
 DENSE = "dense"
 FIGURES = ("loss_curves", "quality_flops", "expert_load", "experts_per_token")
@@ -55,15 +56,17 @@ def write_plots(metrics_dir: Path, plots_dir: Path, summary: dict) -> list[Path]
 def load_runs(metrics_dir: Path) -> dict:
     """{task: [run]}; run: gating, size, seed, norm, eval (dict), train/val loss curves ({step: loss})."""
     runs: dict = defaultdict(list)
-    for eval_path in sorted(Path(metrics_dir).glob("*/*/s*/eval.json")):
-        ev = read_json(eval_path)
-        config = ev.get("_meta", {}).get("config", {})
-        if not (config.get("task") and config.get("gating") and config.get("model")):
+    for eval_path in seed_files(Path(metrics_dir), "eval"):
+        config = run_config(eval_path)
+        if not (config.get("task") and config.get("gating") and config.get("preset")):
             continue
-        live = eval_path.parent / "live" / "plots" / "metrics"
+        ev = read_json(eval_path)
+        routing = eval_path.with_name(f"{eval_path.stem}.routing.json")
+        ev["layers"] = read_json(routing).get("layers", []) if routing.exists() else []
+        live = eval_path.parent.parent / "train" / "live" / eval_path.stem / "plots" / "metrics"
         runs[config["task"]].append({
-            "gating": config["gating"], "size": config["model"], "seed": config.get("seed"),
-            "norm": (config.get("moe") or {}).get("norm"), "eval": ev,
+            "gating": config["gating"], "size": config["preset"], "seed": config.get("seed"),
+            "norm": ((config.get("model") or {}).get("moe") or {}).get("norm"), "eval": ev,
             "train": read_tsv(live / "train" / "loss.tsv"), "val": read_tsv(live / "val" / "loss.tsv")})
     return runs
 

@@ -8,18 +8,18 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .io import atomic_write_text, read_json, write_json
+from ..io import atomic_write_text, meta_path, read_json, write_json
 
 # column: (source file, key, lower is better, label)
 COLUMNS = [
     ("eval", "test_ppl", True, "test ppl"),
-    ("eval", "rouge1", False, "ROUGE-1"),
-    ("eval", "rouge2", False, "ROUGE-2"),
-    ("eval", "rougeL", False, "ROUGE-L"),
-    ("eval", "rougeLsum", False, "ROUGE-Lsum"),
-    ("eval", "accuracy", False, "accuracy"),
+    ("eval", "test_rouge1", False, "ROUGE-1"),
+    ("eval", "test_rouge2", False, "ROUGE-2"),
+    ("eval", "test_rougeL", False, "ROUGE-L"),
+    ("eval", "test_rougeLsum", False, "ROUGE-Lsum"),
+    ("eval", "test_accuracy", False, "accuracy"),
     ("eval", "test_loss", True, "test loss"),
-    ("eval", "macro_f1", False, "macro-F1"),
+    ("eval", "test_macro_f1", False, "macro-F1"),
     ("eval", "experts_per_token", None, "experts/token"),
     ("eval", "flops_per_token", True, "FLOPs/token"),
     ("benchmark", "forward_ms", True, "forward ms"),
@@ -46,23 +46,34 @@ def describe(values: list[float]) -> dict:
     return {"mean": mean, "std": std, "ci95": ci, "n": n}
 
 
+def seed_files(study_dir: Path, stage: str) -> list[Path]:
+    """metrics/study/<task>/<variant>/<stage>/s<seed>.json, sorted."""
+    return sorted(study_dir.glob(f"*/*/{stage}/s*.json"), key=lambda p: (p.parent.parent, _seed(p)))
+
+
+def run_config(metrics_file: Path) -> dict:
+    """The resolved config a metrics file was produced with (its .meta.json)."""
+    meta = meta_path(metrics_file)
+    return read_json(meta).get("config", {}) if meta.exists() else {}
+
+
 def collect(metrics_dir: Path, bench_dir: Path | None = None) -> dict:
     """{task: {gating: {size: {metric: [values over seeds]}}}} from metrics/study/<task>/<variant>/...
     and the benchmark's bench_dir/<task>/<variant>.json (default: metrics/bench beside the study)."""
     bench_dir = bench_dir if bench_dir is not None else metrics_dir.parent / "bench"
     cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
     benchmarked: set[Path] = set()
-    for eval_path in sorted(metrics_dir.glob("*/*/s*/eval.json")):
-        seed_dir, variant_dir = eval_path.parent, eval_path.parent.parent
-        ev = read_json(eval_path)
-        config = ev.get("_meta", {}).get("config", {})
-        task, gating, size = config.get("task"), config.get("gating"), config.get("model")
+    for eval_path in seed_files(metrics_dir, "eval"):
+        variant_dir = eval_path.parent.parent
+        config = run_config(eval_path)
+        task, gating, size = config.get("task"), config.get("gating"), config.get("preset")
         if not (task and gating and size):
             continue
+        ev = read_json(eval_path)
         # the benchmark is per variant, not per seed: counted once (n = 1), not repeated as if it varied
         first_seed = variant_dir not in benchmarked
         benchmarked.add(variant_dir)
-        sources = {"eval": ev, "train": _maybe(seed_dir / "train.json"),
+        sources = {"eval": ev, "train": _maybe(variant_dir / "train" / eval_path.name),
                    "benchmark": _maybe(bench_dir / task / f"{variant_dir.name}.json") if first_seed else {}}
         for source, key, _, _ in COLUMNS:
             value = sources[source].get(key)
@@ -194,18 +205,20 @@ def _token(text: str) -> str:
 def collect_specialisation(metrics_dir: Path, variants: tuple[str, ...] = ("linear-sparsemax", "linear-softmax-top2")) -> dict:
     """{task: {(gating, size): specialisation}} from the lowest seed of each listed gating that has one."""
     out: dict = defaultdict(dict)
-    for eval_path in sorted(metrics_dir.glob("*/*/s*/eval.json"), key=lambda p: (p.parent.parent, _seed(p.parent))):
-        ev = read_json(eval_path)
-        config = ev.get("_meta", {}).get("config", {})
-        key = (config.get("gating"), config.get("model"))
-        if "specialisation" in ev and key[0] in variants and key not in out[config.get("task")]:
-            out[config.get("task")][key] = ev["specialisation"]
+    for eval_path in seed_files(metrics_dir, "eval"):
+        routing = eval_path.with_name(f"{eval_path.stem}.routing.json")
+        config = run_config(eval_path)
+        key = (config.get("gating"), config.get("preset"))
+        if key[0] in variants and key not in out[config.get("task")] and routing.exists():
+            spec = read_json(routing).get("specialisation")
+            if spec:
+                out[config.get("task")][key] = spec
     return {k: v for k, v in out.items() if v}
 
 
-def _seed(seed_dir: Path) -> int:
+def _seed(path: Path) -> int:
     try:
-        return int(seed_dir.name.lstrip("s"))
+        return int(path.stem.lstrip("s"))
     except ValueError:
         return 1 << 30
 

@@ -18,10 +18,13 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .benchmark import environment, time_it
-from .config import LayerBenchParams
-from .models.blocks import DenseFFN
-from .moe import MoEConfig, MoELayer
+from ..config import LayerBenchParams
+from ..models.blocks import DenseFFN
+from ..moe import MoEConfig, MoELayer
+from .models import environment, time_it
+
+
+NO_LOSSES = {"aux_loss_coef": 0.0, "z_loss_coef": 0.0}     # the contenders compute no balancing loss either
 
 
 class NaiveLoopMoE(nn.Module):
@@ -64,12 +67,13 @@ class Contender:
 def contenders(lb: LayerBenchParams, tokens: int, k: int, dtype: torch.dtype, device) -> list[Contender]:
     """dense / moelab / naive (and hf-switch at k = 1), sharing weights where they share a function."""
     if k == 1:
-        from .models.switch import wrap_sparse_mlp
+        from ..models.switch import wrap_sparse_mlp
         hf = hf_switch_layer(lb.d_model, lb.d_ff, lb.n_experts, tokens)
-        cfg = MoEConfig(lb.d_model, lb.d_ff, lb.n_experts, top_k=1, activation="gelu")
+        cfg = MoEConfig(lb.d_model, lb.d_ff, lb.n_experts, top_k=1, activation="gelu", options=NO_LOSSES)
         moe = wrap_sparse_mlp(hf, cfg).moe
     else:
-        hf, moe = None, MoELayer(MoEConfig(lb.d_model, lb.d_ff, lb.n_experts, top_k=k, activation="gelu"))
+        hf, moe = None, MoELayer(MoEConfig(lb.d_model, lb.d_ff, lb.n_experts, top_k=k, activation="gelu",
+                                           options=NO_LOSSES))
     moe.record_stats = False
     out = [Contender("dense", DenseFFN(lb.d_model, k * lb.d_ff, "gelu"), k),
            Contender("moelab", moe, k), Contender("naive", NaiveLoopMoE(moe), k)]

@@ -16,12 +16,12 @@ from typing import Callable
 
 import torch
 
-from .config import BenchmarkParams, Params, RunConfig, resolve_run
-from .cpu import malloc_tuned
-from .evaluate import StatsCollector
-from .flops import counted_flops
-from .io import write_metrics
-from .tasks import build_task
+from ..config import BenchmarkParams, Params, RunConfig, resolve_run, study_cells
+from ..cpu import malloc_tuned
+from ..evaluate import StatsCollector
+from ..flops import counted_flops
+from ..io import write_metrics
+from ..tasks import build_task
 
 
 # ------------------------------------------------------------------ timing and memory
@@ -106,11 +106,13 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict:
 
 
 # ------------------------------------------------------------------ one variant
-def parameter_counts(model, run: RunConfig, experts_per_token: list[float]) -> dict:
+def parameter_counts(model, experts_per_token: list[float]) -> dict:
     """Total parameters, and active ones: those a token actually uses (its realised experts per MoE block)."""
     total = sum(p.numel() for p in model.parameters())
-    per_expert = 2 * run.preset.d_model * run.preset.d_ff
-    inactive = sum((run.moe.n_experts - k) * per_expert for k in experts_per_token) if run.moe else 0
+    inactive = 0.0
+    for layer, k in zip(model.moe_layers(), experts_per_token):
+        per_expert = sum(p.numel() for p in layer.experts.parameters()) / layer.cfg.n_routed
+        inactive += (layer.cfg.n_routed - k) * per_expert
     return {"params_total": total, "params_active": int(round(total - inactive))}
 
 
@@ -146,7 +148,7 @@ def measure(run: RunConfig, data_dir: str | Path, bp: BenchmarkParams) -> dict:
         train = time_it(train_step, bp.warmup, bp.repeats, device)
 
     return {
-        **parameter_counts(model, run, realised or []),
+        **parameter_counts(model, realised or []),
         "flops_per_token": task.batch_flops_per_token(batch, None)["total"],     # at k (all E for soft)
         "flops_per_token_realised": analytic["total"],
         "flops_per_token_counted": counted,
@@ -176,8 +178,8 @@ def study_runs(params: Params, tasks: list[str] | None = None) -> list[RunConfig
     seed = params.seeds[0]
     runs = []
     for task in tasks or params.tasks:
-        runs += [resolve_run(params, task=task, router=r, gate=g, model=m, seed=seed)
-                 for r in params.routers for g in params.gates for m in params.models]
+        runs += [resolve_run(params, task=t, router=r, gate=g, model=m, seed=seed)
+                 for t, r, g, m in study_cells(params, [task])]
         runs.append(resolve_run(params, task=task, dense=True, seed=seed))
     return runs
 

@@ -1,0 +1,1 @@
+"""The report stage: tables (tables.py) and figures (plots.py) from the study's metrics."""
