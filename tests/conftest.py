@@ -18,6 +18,7 @@ def repo_params() -> dict:
 @pytest.fixture
 def params_file(tmp_path, repo_params):
     """Write a (modified) copy of the repo's params.yaml; returns a function taking overrides."""
+
     def write(mutate=None, name="params.yaml") -> Path:
         data = copy.deepcopy(repo_params)
         if mutate:
@@ -25,6 +26,7 @@ def params_file(tmp_path, repo_params):
         path = tmp_path / name
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return path
+
     return write
 
 
@@ -33,6 +35,7 @@ def loop_experts(model):
     torch's FlopCounterMode counts them with its own mm formula: an independent reference, not the
     grouped-matmul formula moelab registers (which tests/test_bench.py checks against this)."""
     from moelab.moe import MoELayer
+
     for m in model.modules():
         if isinstance(m, MoELayer):
             m.experts.use_grouped_mm = False
@@ -44,6 +47,7 @@ def prepared(tmp_path_factory):
     """prepared(task) -> a directory holding the bundled corpus of `task` prepared with the repo's
     params (once per test session): the one way tests get prepared data."""
     from moelab.cli import main
+
     cache: dict[str, Path] = {}
 
     def get(task: str = "lm") -> Path:
@@ -52,4 +56,5 @@ def prepared(tmp_path_factory):
             assert main(["prepare", "--task", task, "--out", str(out), "--params", str(ROOT / "params.yaml")]) == 0
             cache[task] = out
         return cache[task]
+
     return get

@@ -1,7 +1,8 @@
 """A throwaway moelab DVC project (git + dvc init) with tiny LM-only params, for end-to-end tests."""
+
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -12,7 +13,9 @@ def tiny(params: dict) -> dict:
     """The default params shrunk to one LM cell that trains in seconds."""
     params.update(tasks=["lm"], routers=["linear"], gates=["softmax-top2"], models=["e8"], seeds=[0])
     params["lm"]["data"].update(max_records=40, vocab_size=300, seq_len=32)
-    params["lm"]["train"].update(steps=6, batch_size=4, eval_every=3, eval_batches=2, checkpoint_every=3, warmup_steps=2)
+    params["lm"]["train"].update(
+        steps=6, batch_size=4, eval_every=3, eval_batches=2, checkpoint_every=3, warmup_steps=2
+    )
     params["lm"]["evaluate"].update(max_batches=2, samples=1, sample_tokens=8)
     params["benchmark"].update(batch_size=2, repeats=10, warmup=1)
     params["benchmark"]["layer"].update(tokens=[64], d_model=32, d_ff=64, n_experts=4, repeats=10, warmup=1)

@@ -1,4 +1,5 @@
 """The fast expert path (grouped matmul), its FLOP formula, and the benchmarks' measuring code."""
+
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,18 @@ from moelab.moe.experts.mlp import GroupedExperts
 
 
 def _config(**kw) -> MoEConfig:
-    return MoEConfig.build(**{"d_model": 16, "d_ff": 32, "n_experts": 4, "top_k": 2, "aux_loss_coef": 0.0,
-                              "z_loss_coef": 0.0, "capacity_policy": "weight", **kw})
+    return MoEConfig.build(
+        **{
+            "d_model": 16,
+            "d_ff": 32,
+            "n_experts": 4,
+            "top_k": 2,
+            "aux_loss_coef": 0.0,
+            "z_loss_coef": 0.0,
+            "capacity_policy": "weight",
+            **kw,
+        }
+    )
 
 
 def _layer(**kw) -> MoELayer:
@@ -72,8 +83,12 @@ def test_unaligned_widths_fall_back_to_the_loop():
     assert not grouped_mm_usable(x, experts.w_in, experts.w_out)
     counts = torch.tensor([2, 0, 3])
     out = experts(x, counts)
-    manual = torch.cat([experts.act(x[:2] @ experts.w_in[0]) @ experts.w_out[0],
-                        experts.act(x[2:] @ experts.w_in[2]) @ experts.w_out[2]])
+    manual = torch.cat(
+        [
+            experts.act(x[:2] @ experts.w_in[0]) @ experts.w_out[0],
+            experts.act(x[2:] @ experts.w_in[2]) @ experts.w_out[2],
+        ]
+    )
     torch.testing.assert_close(out, manual)
 
 
@@ -85,14 +100,15 @@ def test_grouped_mm_flop_formula_matches_counted_plain_matmuls():
 
     def fwd_bwd():
         layer(x).sum().backward()
+
     grouped = counted_flops(fwd_bwd)
     layer.experts.use_grouped_mm = False
     with FlopCounterMode(display=False) as counter:
         fwd_bwd()
     assert grouped == counter.get_total_flops() > 0
-    slots = layer.last_stats.slots_selected       # sparsemax: a varying number of experts per token
-    forward = 2 * 48 * 16 * 4 + slots * 2 * (2 * 16 * 32)      # router [48 x 16 x 4] + two matmuls per slot
-    assert grouped == 3 * forward                  # backward: input and weight gradient of every matmul
+    slots = layer.last_stats.slots_selected  # sparsemax: a varying number of experts per token
+    forward = 2 * 48 * 16 * 4 + slots * 2 * (2 * 16 * 32)  # router [48 x 16 x 4] + two matmuls per slot
+    assert grouped == 3 * forward  # backward: input and weight gradient of every matmul
 
 
 def test_layer_compiles_with_torch_compile():
@@ -114,7 +130,7 @@ def test_autocast_runs_the_experts_in_bfloat16():
         ref = layer(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = layer(x)
-    assert low.dtype == torch.float32            # the layer returns its input's dtype
+    assert low.dtype == torch.float32  # the layer returns its input's dtype
     torch.testing.assert_close(low, ref, rtol=0.05, atol=0.05)
     assert not torch.equal(low, ref), "the expert matmuls must actually have run in bf16"
 
@@ -143,7 +159,7 @@ def test_peak_memory_sees_a_large_allocation():
     with PeakMemory(torch.device("cpu")) as big:
         torch.ones(1280 * 2**20 // 4).sum()
     assert big.mib > 0 and small.kind.endswith("peak_rss")
-    if small.kind == "process_peak_rss":          # the peak was reset between the two blocks
+    if small.kind == "process_peak_rss":  # the peak was reset between the two blocks
         assert big.mib - small.mib > 1024
 
 
@@ -151,7 +167,15 @@ def test_layer_bench_rows_ratios_and_same_function_checks():
     lb = LayerBenchParams(tokens=[32], d_model=16, d_ff=32, n_experts=4, top_k=2, warmup=1, repeats=10)
     result = run_layer_bench(lb, progress=False)
     impls = {(r["top_k"], r["impl"]) for r in result["rows"]}
-    assert impls == {(2, "dense"), (2, "moelab"), (2, "naive"), (1, "dense"), (1, "moelab"), (1, "naive"), (1, "hf-switch")}
+    assert impls == {
+        (2, "dense"),
+        (2, "moelab"),
+        (2, "naive"),
+        (1, "dense"),
+        (1, "moelab"),
+        (1, "naive"),
+        (1, "hf-switch"),
+    }
     for r in result["rows"]:
         assert r["fwd_bwd_ms"] > 0 and r["fwd_bwd_p90_ms"] >= r["fwd_bwd_ms"]
         if r["impl"] == "dense":

@@ -1,4 +1,5 @@
 """Bad values in params.yaml fail at start with one line naming key, value and what is allowed."""
+
 import subprocess
 import sys
 
@@ -7,7 +8,10 @@ import pytest
 from moelab.config import ConfigError, load_params
 
 CASES = [
-    (lambda d: d.update(router="atention"), ["router", "'atention'", "linear", "attention", "did you mean 'attention'"]),
+    (
+        lambda d: d.update(router="atention"),
+        ["router", "'atention'", "linear", "attention", "did you mean 'attention'"],
+    ),
     (lambda d: d.update(norm="relu"), ["norm", "'relu'", "softmax", "sparsemax", "entmax15"]),
     (lambda d: d.update(top_k=-1), ["top_k", "-1", "integer >= 0", "soft routing"]),
     (lambda d: d.update(top_k=9), ["top_k", "9", "1..8"]),
@@ -18,8 +22,10 @@ CASES = [
     (lambda d: d.update(top_k="two"), ["top_k", "'two'", "int"]),
     (lambda d: d.update(gates=["softmax-top3"]), ["gates", "'softmax-top3'", "softmax-top2"]),
     (lambda d: d.update(routers=[]), ["routers", "non-empty list"]),
-    (lambda d: d["moe"].update(bias_update_rate=0.1, capacity_policy="weight") or d.update(top_k=0),
-     ["moe.bias_update_rate", "top_k = 0"]),
+    (
+        lambda d: d["moe"].update(bias_update_rate=0.1, capacity_policy="weight") or d.update(top_k=0),
+        ["moe.bias_update_rate", "top_k = 0"],
+    ),
 ]
 
 
@@ -36,7 +42,9 @@ def test_bad_params_are_named(params_file, mutate, expected):
 
 def test_cli_prints_one_line_and_exits_2(params_file):
     path = params_file(lambda d: d.update(router="atention"))
-    proc = subprocess.run([sys.executable, "-m", "moelab", "check", "--params", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "moelab", "check", "--params", str(path)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("moelab check: error: params.yaml: router = 'atention' is not allowed")

@@ -21,36 +21,56 @@ from moelab.data.corpora import (  # noqa: E402
 )
 
 ARTICLES = [
-    ("The city council approved a plan on Tuesday to convert the disused railway line into "
-     "a walking and cycling path, with construction expected to start next spring.",
-     "Council backs railway path plan"),
-    ("Researchers at the university found that bees exposed to low doses of the pesticide "
-     "foraged less often and brought back smaller loads of pollen to the hive.",
-     "Pesticide makes bees forage less"),
-    ("Heavy rain overnight flooded several roads in the valley, and the local school stayed "
-     "closed while crews pumped water out of its basement.",
-     "Floods close valley school"),
-    ("The museum will return the bronze statue to the village it was taken from a century "
-     "ago, after a long campaign by residents and historians.",
-     "Museum to return bronze statue"),
-    ("A new bus timetable adds late evening services on weekdays, answering complaints from "
-     "shift workers who had no way to get home after ten o'clock.",
-     "Late buses added for shift workers"),
-    ("The bakery on the high street, open since 1952, will close at the end of the month "
-     "because the owners are retiring and no buyer has come forward.",
-     "Historic bakery to close"),
-    ("Volunteers planted four hundred trees along the river bank on Saturday to reduce "
-     "erosion and give shade to the footpath in summer.",
-     "Volunteers plant trees by river"),
-    ("The regional orchestra announced a free outdoor concert in the park to celebrate its "
-     "fiftieth season, with a programme of film music.",
-     "Orchestra plans free park concert"),
-    ("After two years of repairs the lighthouse reopened to visitors, who can again climb "
-     "the spiral stairs to the lamp room.",
-     "Lighthouse reopens after repairs"),
-    ("Farmers say the dry spring has cut the hay harvest by a third, and some are already "
-     "buying feed for the winter at higher prices.",
-     "Dry spring cuts hay harvest"),
+    (
+        "The city council approved a plan on Tuesday to convert the disused railway line into "
+        "a walking and cycling path, with construction expected to start next spring.",
+        "Council backs railway path plan",
+    ),
+    (
+        "Researchers at the university found that bees exposed to low doses of the pesticide "
+        "foraged less often and brought back smaller loads of pollen to the hive.",
+        "Pesticide makes bees forage less",
+    ),
+    (
+        "Heavy rain overnight flooded several roads in the valley, and the local school stayed "
+        "closed while crews pumped water out of its basement.",
+        "Floods close valley school",
+    ),
+    (
+        "The museum will return the bronze statue to the village it was taken from a century "
+        "ago, after a long campaign by residents and historians.",
+        "Museum to return bronze statue",
+    ),
+    (
+        "A new bus timetable adds late evening services on weekdays, answering complaints from "
+        "shift workers who had no way to get home after ten o'clock.",
+        "Late buses added for shift workers",
+    ),
+    (
+        "The bakery on the high street, open since 1952, will close at the end of the month "
+        "because the owners are retiring and no buyer has come forward.",
+        "Historic bakery to close",
+    ),
+    (
+        "Volunteers planted four hundred trees along the river bank on Saturday to reduce "
+        "erosion and give shade to the footpath in summer.",
+        "Volunteers plant trees by river",
+    ),
+    (
+        "The regional orchestra announced a free outdoor concert in the park to celebrate its "
+        "fiftieth season, with a programme of film music.",
+        "Orchestra plans free park concert",
+    ),
+    (
+        "After two years of repairs the lighthouse reopened to visitors, who can again climb "
+        "the spiral stairs to the lamp room.",
+        "Lighthouse reopens after repairs",
+    ),
+    (
+        "Farmers say the dry spring has cut the hay harvest by a third, and some are already "
+        "buying feed for the winter at higher prices.",
+        "Dry spring cuts hay harvest",
+    ),
 ]
 
 REVIEWS = [
@@ -81,11 +101,14 @@ def assert_disjoint(splits: dict[str, list]) -> None:
 # --------------------------------------------------------------------------- bundled
 
 
-@pytest.mark.parametrize("loader, source", [
-    (lm_splits, "shakespeare"),
-    (summarization_splits, "debian-descriptions"),
-    (lambda s, **kw: classification_splits(s, **kw)[0], "rotten-tomatoes"),
-])
+@pytest.mark.parametrize(
+    "loader, source",
+    [
+        (lm_splits, "shakespeare"),
+        (summarization_splits, "debian-descriptions"),
+        (lambda s, **kw: classification_splits(s, **kw)[0], "rotten-tomatoes"),
+    ],
+)
 def test_bundled_corpora_split_cleanly(loader, source):
     splits = loader(source, seed=3)
     assert set(splits) == {"train", "validation", "test"}
@@ -125,8 +148,9 @@ def test_max_records_caps_every_split_deterministically():
 def test_local_jsonl_with_custom_columns(tmp_path):
     path = tmp_path / "news.jsonl"
     write_jsonl(path, [{"article": a, "headline": h} for a, h in ARTICLES])
-    splits = summarization_splits(str(path), document_column="article",
-                                  summary_column="headline", val_frac=0.2, test_frac=0.2)
+    splits = summarization_splits(
+        str(path), document_column="article", summary_column="headline", val_frac=0.2, test_frac=0.2
+    )
     assert [len(splits[s]) for s in ("train", "validation", "test")] == [6, 2, 2]
     assert sorted(p for v in splits.values() for p in v) == sorted(ARTICLES)
 
@@ -137,8 +161,7 @@ def test_local_csv_with_custom_columns(tmp_path):
         writer = csv.writer(handle)
         writer.writerow(["review", "sentiment"])
         writer.writerows(REVIEWS)
-    splits, labels = classification_splits(str(path), text_column="review",
-                                           label_column="sentiment")
+    splits, labels = classification_splits(str(path), text_column="review", label_column="sentiment")
     assert labels == ["negative", "positive"]
     restored = {(t, labels[y]) for v in splits.values() for t, y in v}
     assert restored == set(REVIEWS)

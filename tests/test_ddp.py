@@ -17,6 +17,7 @@ selection-bias update without the all-reduce of the load counts (8e-4 from step 
 
 Tiny data is prepared in a temp dir (never the workspace's data/prepared). ~25 s on 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,15 +33,23 @@ import torch.distributed as dist
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "PYTHONUNBUFFERED": "1", "PYTHONWARNINGS": "ignore::FutureWarning"}
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONWARNINGS": "ignore::FutureWarning",
+}
 WORLD, PER_RANK = 2, 4
 STEPS = 8
-TOL = 1e-4          # relative, on every logged loss; see the module docstring
-BIAS_ATOL = 1e-6    # the biases move in steps of bias_update_rate (0.01): any disagreement is >= 0.01 / E
+TOL = 1e-4  # relative, on every logged loss; see the module docstring
+BIAS_ATOL = 1e-6  # the biases move in steps of bias_update_rate (0.01): any disagreement is >= 0.01 / E
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="torch.distributed with the gloo backend is not available")
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available",
+)
 
 # `python -m moelab`, plus a hook that keeps each rank's model so every rank can dump its selection
 # biases after training (only rank 0 writes checkpoints).
@@ -64,12 +73,30 @@ PER_RANK_DUMP = textwrap.dedent("""
 
 def write_params(path: Path, batch_size: int, bias_rate: float) -> Path:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
-    p.update(task="lm", router="linear", norm="softmax", top_k=2, model="e8", seed=0,
-             tasks=["lm"], routers=["linear"], gates=["softmax-top2"], models=["e8"], seeds=[0])
+    p.update(
+        task="lm",
+        router="linear",
+        norm="softmax",
+        top_k=2,
+        model="e8",
+        seed=0,
+        tasks=["lm"],
+        routers=["linear"],
+        gates=["softmax-top2"],
+        models=["e8"],
+        seeds=[0],
+    )
     p["lm"]["data"].update(max_records=120, vocab_size=300, seq_len=32)
-    p["lm"]["train"].update(steps=STEPS, batch_size=batch_size, grad_accum=1, eval_every=4, eval_batches=2,
-                            checkpoint_every=4, warmup_steps=2)
-    if bias_rate:      # aux-loss-free balancing (DeepSeek-V3): selection bias instead of the Switch loss
+    p["lm"]["train"].update(
+        steps=STEPS,
+        batch_size=batch_size,
+        grad_accum=1,
+        eval_every=4,
+        eval_batches=2,
+        checkpoint_every=4,
+        warmup_steps=2,
+    )
+    if bias_rate:  # aux-loss-free balancing (DeepSeek-V3): selection bias instead of the Switch loss
         p["moe"].update(bias_update_rate=bias_rate, aux_loss_coef=0.0)
     path.write_text(yaml.safe_dump(p, sort_keys=False))
     return path
@@ -80,17 +107,32 @@ def data(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("ddp-data")
     params = write_params(tmp / "params.yaml", PER_RANK, 0.0)
     out = tmp / "prepared"
-    r = subprocess.run([sys.executable, "-m", "moelab", "prepare", "--task", "lm", "--out", str(out),
-                        "--params", str(params)], env=ENV, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "moelab", "prepare", "--task", "lm", "--out", str(out), "--params", str(params)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     return out
 
 
 def train(work: Path, data: Path, world: int, bias_rate: float) -> subprocess.CompletedProcess:
     work.mkdir()
-    params = write_params(work / "params.yaml", PER_RANK * WORLD // world, bias_rate)   # same global batch
-    stage = ["train", "--params", str(params), "--data-dir", str(data), "--models-dir", str(work / "models"),
-             "--metrics-dir", str(work / "metrics"), "--quiet"]
+    params = write_params(work / "params.yaml", PER_RANK * WORLD // world, bias_rate)  # same global batch
+    stage = [
+        "train",
+        "--params",
+        str(params),
+        "--data-dir",
+        str(data),
+        "--models-dir",
+        str(work / "models"),
+        "--metrics-dir",
+        str(work / "metrics"),
+        "--quiet",
+    ]
     if world == 1:
         cmd = [sys.executable, "-m", "moelab", *stage]
     else:
@@ -124,7 +166,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, data, 
     assert [r["step"] for r in hs] == [r["step"] for r in hd] == list(range(1, STEPS + 1))
     worst = {}
     for a, b in zip(hs, hd):
-        assert a.keys() == b.keys(), (a, b)           # val_loss logged at the same steps
+        assert a.keys() == b.keys(), (a, b)  # val_loss logged at the same steps
         assert a["lr"] == b["lr"]
         for key in ("train_loss", "balancing_loss", "val_loss"):
             if key in a:
@@ -133,8 +175,10 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, data, 
     assert hs[0]["train_loss"] == hd[0]["train_loss"] or rel(hs[0]["train_loss"], hd[0]["train_loss"]) < 1e-6
     for key in ("final_val_loss", "best_val_loss", "train_loss"):
         assert rel(ms[key], md[key]) < TOL, (key, ms[key], md[key])
-    print(f"\nmax relative differences ({'bias' if bias_rate else 'aux loss'}): "
-          + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+    print(
+        f"\nmax relative differences ({'bias' if bias_rate else 'aux loss'}): "
+        + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+    )
 
     ws, wd = (torch.load(w / "models" / "latest.pt", weights_only=True)["model"] for w in (single, ddp))
     assert ws.keys() == wd.keys()
@@ -147,7 +191,6 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, data, 
         ranks = [torch.load(ddp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
         for k in biases:
             assert all(torch.equal(ranks[0][k], other[k]) for other in ranks[1:]), f"{k} differs between ranks"
-            assert torch.equal(ranks[0][k], wd[k])                      # what rank 0 checkpointed
+            assert torch.equal(ranks[0][k], wd[k])  # what rank 0 checkpointed
         loads = [k for k in ranks[0] if k.endswith("selection_bias.load")]
-        assert loads and all(not r[k].any() for r in ranks for k in loads)   # counts reset by every update
-
+        assert loads and all(not r[k].any() for r in ranks for k in loads)  # counts reset by every update

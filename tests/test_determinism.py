@@ -1,4 +1,5 @@
 """Seeds are a study axis: the same seed must reproduce every metric exactly; another seed must not."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def lab(tmp_path_factory, prepared) -> tuple[Path, Path]:
     """(params.yaml with a ~20-step LM run, prepared LM data dir)."""
     tmp = tmp_path_factory.mktemp("determinism")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["lm"]["train"].update(steps=20, batch_size=8, eval_every=10, eval_batches=2, checkpoint_every=10,
-                                 warmup_steps=4)
+    params["lm"]["train"].update(
+        steps=20, batch_size=8, eval_every=10, eval_batches=2, checkpoint_every=10, warmup_steps=4
+    )
     params["lm"]["evaluate"].update(max_batches=2, samples=1, sample_tokens=8)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return tmp / "params.yaml", prepared("lm")
@@ -32,19 +34,43 @@ def lab(tmp_path_factory, prepared) -> tuple[Path, Path]:
 
 def run_once(lab, out: Path, seed: int) -> dict[str, object]:
     params, data = lab
-    cell = ["--task", "lm", "--router", "linear", "--gate", "sparsemax", "--model", "e8", "--seed", str(seed),
-            "--params", str(params), "--data-dir", str(data), "--models-dir", str(out / "model"),
-            "--metrics-dir", str(out / "metrics"), "--quiet"]
+    cell = [
+        "--task",
+        "lm",
+        "--router",
+        "linear",
+        "--gate",
+        "sparsemax",
+        "--model",
+        "e8",
+        "--seed",
+        str(seed),
+        "--params",
+        str(params),
+        "--data-dir",
+        str(data),
+        "--models-dir",
+        str(out / "model"),
+        "--metrics-dir",
+        str(out / "metrics"),
+        "--quiet",
+    ]
     assert main(["train", *cell]) == 0
     assert main(["evaluate", *cell]) == 0
     m = out / "metrics"
-    return {"train": stable(json.loads((m / "train.json").read_text())),
-            "eval": {**stable(json.loads((m / "eval.json").read_text())),
-                     **json.loads((m / "eval.routing.json").read_text())},
-            "meta": {k: v for k, v in json.loads((m / "eval.meta.json").read_text()).items() if k != "versions"},
-            "samples": (m / "samples.md").read_text(),
-            "curves": {p.relative_to(m).as_posix(): p.read_text()
-                       for p in sorted((m / "live" / "plots" / "metrics").rglob("*.tsv"))}}
+    return {
+        "train": stable(json.loads((m / "train.json").read_text())),
+        "eval": {
+            **stable(json.loads((m / "eval.json").read_text())),
+            **json.loads((m / "eval.routing.json").read_text()),
+        },
+        "meta": {k: v for k, v in json.loads((m / "eval.meta.json").read_text()).items() if k != "versions"},
+        "samples": (m / "samples.md").read_text(),
+        "curves": {
+            p.relative_to(m).as_posix(): p.read_text()
+            for p in sorted((m / "live" / "plots" / "metrics").rglob("*.tsv"))
+        },
+    }
 
 
 def stable(record: dict) -> dict:
@@ -64,7 +90,7 @@ def test_same_seed_reproduces_every_metric(runs):
     for key in ("test_ppl", "val_ppl", "load_cv", "experts_per_token", "layers", "specialisation"):
         assert key in a["eval"], key
     assert a["train"] == b["train"]
-    assert a["eval"] == b["eval"]            # exact: ppl, routing stats, histograms, specialisation
+    assert a["eval"] == b["eval"]  # exact: ppl, routing stats, histograms, specialisation
     assert a["meta"] == b["meta"] and a["meta"]["config"]["seed"] == 0
     assert a["curves"] == b["curves"] and a["curves"]
     assert a["samples"] == b["samples"]
@@ -82,6 +108,6 @@ def test_experts_per_token_histogram_is_consistent(runs):
     a = runs[0]["eval"]
     for layer in a["layers"]:
         hist = layer["experts_per_token_hist"]
-        assert sum(hist) == layer["tokens"]                         # every routed token counted once
+        assert sum(hist) == layer["tokens"]  # every routed token counted once
         mean = sum(i * c for i, c in enumerate(hist)) / sum(hist)
         assert mean == pytest.approx(layer["experts_per_token"])  # dropless: kept slots / tokens

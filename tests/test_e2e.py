@@ -1,4 +1,5 @@
 """End to end: `dvc repro`, `dvc exp run -S router=attention`, `dvc metrics diff` in a fresh git repo."""
+
 import json
 import os
 import subprocess
@@ -11,8 +12,15 @@ from labrepo import make_lab
 
 
 def sh(cmd: str, cwd: Path) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+    }
     proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
@@ -35,7 +43,7 @@ def test_repro_writes_metrics_for_every_variant(lab):
     for name in ("loss_curves", "quality_flops", "expert_load", "experts_per_token"):
         png = lab / "plots" / f"lm_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plots/lm_{name}.png" in figures
-    assert any(k.endswith("/live/plots/metrics/train/loss.tsv") for k in figures)   # DVCLive curves
+    assert any(k.endswith("/live/plots/metrics/train/loss.tsv") for k in figures)  # DVCLive curves
     again = sh("dvc repro", lab)
     assert "Running stage 'machine'" in again, "the machine fingerprint is re-read on every repro"
     assert "Running stage 'benchmark'" not in again, "same machine, code and params: nothing to re-measure"

@@ -1,4 +1,5 @@
 """The decoder LM: causal mask, padding excluded from the loss, tied embeddings, FLOPs, dense baseline."""
+
 import json
 
 import pytest
@@ -6,10 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import loop_experts
 from moelab.config import load_params, resolve_run
 from moelab.flops import decoder_flops_per_token
 from moelab.models.lm import IGNORE, DecoderLM, filter_logits
-from conftest import loop_experts
 
 
 @pytest.fixture
@@ -56,6 +57,7 @@ def test_embeddings_are_tied(params):
 
 def test_moe_every_places_moe_blocks(params_file):
     from moelab.moe import MoELayer
+
     p = load_params(params_file(lambda d: d["lm"]["models"]["e8"].update(n_layers=4, moe_every=2)))
     model = model_for(p)
     assert [isinstance(b.ffn, MoELayer) for b in model.blocks] == [False, True, False, True]
@@ -67,6 +69,7 @@ def test_analytic_flops_match_torch_flop_counter(params, gate, router):
     model = loop_experts(model_for(params, gate=gate, router=router))
     ids = torch.randint(0, 97, (2, 16))
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     # the math backend runs attention as plain matmuls, which the flop counter sees on CPU
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(ids)
@@ -93,8 +96,10 @@ def test_top_k_top_p_filtering():
 def test_lm_prepare_from_a_local_file_through_the_datasets_path(tmp_path, params_file):
     """The HF `datasets` code path (used for TinyStories) on a small local JSONL copy."""
     from moelab.data.prepare import prepare
-    stories = [{"text": f"Once upon a time a small fox number {i} found a red ball and played all day."}
-               for i in range(60)]
+
+    stories = [
+        {"text": f"Once upon a time a small fox number {i} found a red ball and played all day."} for i in range(60)
+    ]
     src = tmp_path / "tinystories.jsonl"
     src.write_text("\n".join(json.dumps(s) for s in stories))
     p = load_params(params_file(lambda d: d["lm"]["data"].update(source=str(src), vocab_size=300)))

@@ -1,4 +1,5 @@
 """The MoE layer against independent references: hand computations, `entmax`, HF Switch."""
+
 import math
 
 import pytest
@@ -15,8 +16,9 @@ from moelab.moe.selection.token_choice import TokenChoice
 
 def config(**kw) -> MoEConfig:
     """Small layer config; MoE options (aux_loss_coef, ...) default to off unless given."""
-    values = dict(d_model=8, d_ff=16, n_experts=4, router="linear", norm="softmax", top_k=2,
-                  aux_loss_coef=0.0, z_loss_coef=0.0)
+    values = dict(
+        d_model=8, d_ff=16, n_experts=4, router="linear", norm="softmax", top_k=2, aux_loss_coef=0.0, z_loss_coef=0.0
+    )
     values.update(kw)
     return MoEConfig.build(**values)
 
@@ -26,11 +28,11 @@ def layer(**kw) -> MoELayer:
     return MoELayer(config(**kw))
 
 
-def TopK(k, renormalize=False):                 # noqa: N802 - the selection rule with top_k = k
+def TopK(k, renormalize=False):  # noqa: N802 - the selection rule with top_k = k
     return TokenChoice(config(top_k=k, renormalize=renormalize))
 
 
-def AllExperts():                                # noqa: N802 - soft routing (top_k = 0)
+def AllExperts():  # noqa: N802 - soft routing (top_k = 0)
     return TokenChoice(config(top_k=0))
 
 
@@ -52,7 +54,7 @@ def test_entmax15_hand_example():
     # alpha = 1.5: p_i = [(z_i/2 - tau)]_+^2 with sum 1. z = [2, 0]: one expert gets all (z gap >= 2)
     assert torch.allclose(Entmax15(None)(torch.tensor([[2.0, 0.0]])), torch.tensor([[1.0, 0.0]]))
     # z = [0.5, 0]: tau solves (0.25 - tau)^2 + (0 - tau)^2 = 1 -> tau = (0.25 - sqrt(2 - 0.0625)) / 2
-    tau = (0.25 - math.sqrt(2 - 0.25 ** 2)) / 2
+    tau = (0.25 - math.sqrt(2 - 0.25**2)) / 2
     expected = torch.tensor([[(0.25 - tau) ** 2, (0 - tau) ** 2]])
     assert torch.allclose(Entmax15(None)(torch.tensor([[0.5, 0.0]])), expected, atol=1e-6)
 
@@ -60,6 +62,7 @@ def test_entmax15_hand_example():
 @pytest.mark.parametrize("ours, name", [(Sparsemax(None), "sparsemax"), (Entmax15(None), "entmax15")])
 def test_sparse_normalisers_match_entmax_package(ours, name):
     import entmax
+
     scores = torch.randn(64, 8) * 3
     reference = getattr(entmax, name)(scores, dim=-1)
     out = ours(scores)
@@ -112,15 +115,15 @@ def test_switch_aux_loss_counts_slots_over_tokens_times_k():
 
 def test_router_z_loss_hand_computation():
     scores = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
-    lse = [math.log(2), math.log(math.e + math.e ** 2)]
+    lse = [math.log(2), math.log(math.e + math.e**2)]
     assert router_z_loss(scores).item() == pytest.approx((lse[0] ** 2 + lse[1] ** 2) / 2)
 
 
 def test_aux_loss_free_bias_update_rule():
     bias = SelectionBias(config(n_experts=3, top_k=1, bias_update_rate=0.1)).train()
-    bias.record(torch.tensor([0, 0, 0, 1]))          # load = [3, 1, 0], mean 4/3
+    bias.record(torch.tensor([0, 0, 0, 1]))  # load = [3, 1, 0], mean 4/3
     bias.update()
-    raw = torch.tensor([-0.1, 0.1, 0.1])              # sign(mean - load) * u
+    raw = torch.tensor([-0.1, 0.1, 0.1])  # sign(mean - load) * u
     assert torch.allclose(bias.bias, raw - raw.mean())
     assert bias.load.sum() == 0
 
@@ -129,11 +132,11 @@ def test_bias_balances_load_over_training_steps():
     torch.manual_seed(0)
     moe = layer(top_k=1, bias_update_rate=0.05, n_experts=4)
     with torch.no_grad():
-        moe.router.proj.weight[0] += 2.0              # expert 0 is favoured by every token
+        moe.router.proj.weight[0] += 2.0  # expert 0 is favoured by every token
     x = torch.randn(4, 32, 8).abs()
     moe.train()
-    spread = []                                       # std of the per-expert load, each step
-    for step in range(60):
+    spread = []  # std of the per-expert load, each step
+    for _ in range(60):
         moe(x)
         spread.append(moe.last_stats.tokens_per_expert.float().std().item())
         moe.update_balancing()
@@ -209,12 +212,12 @@ def test_attention_router_formula():
 
 def test_capacity_drops_lowest_weight_first():
     moe = layer(top_k=1, capacity_factor=1.0, n_experts=2, capacity_policy="weight")
-    with torch.no_grad():      # every token prefers expert 0, by a margin that grows with x[0]
+    with torch.no_grad():  # every token prefers expert 0, by a margin that grows with x[0]
         moe.router.proj.weight.zero_()
         moe.router.proj.weight[0, 0] = 1.0
     x = torch.zeros(1, 4, 8)
     x[0, :, 0] = torch.tensor([1.0, 4.0, 2.0, 3.0])
-    y = moe(x)                  # capacity = ceil(1.0 * 4 / 2) = 2: tokens 1 and 3 (largest weights) kept
+    y = moe(x)  # capacity = ceil(1.0 * 4 / 2) = 2: tokens 1 and 3 (largest weights) kept
     assert moe.last_stats.slots_dropped == 2
     assert (y[0, [0, 2]] == 0).all() and (y[0, [1, 3]] != 0).any(dim=-1).all()
 
@@ -229,7 +232,7 @@ def test_stats_count_tokens_per_expert():
     moe(x)
     s = moe.last_stats.summary()
     assert s["tokens_per_expert"] == [3, 1]
-    assert s["load_cv"] == pytest.approx(0.5)           # std([3,1]) / mean = 1 / 2
+    assert s["load_cv"] == pytest.approx(0.5)  # std([3,1]) / mean = 1 / 2
     assert s["experts_per_token"] == 1.0 and s["dropped_fraction"] == 0.0
 
 
@@ -239,13 +242,31 @@ def test_top1_softmax_with_capacity_matches_hf_switch_sparse_mlp():
     from transformers.models.switch_transformers.modeling_switch_transformers import SwitchTransformersSparseMLP
 
     d, f, e, t = 16, 32, 4, 12
-    hf_cfg = SwitchTransformersConfig(d_model=d, d_ff=f, num_experts=e, expert_capacity=2,
-                                      router_jitter_noise=0.0, dense_act_fn="relu", dropout_rate=0.0)
+    hf_cfg = SwitchTransformersConfig(
+        d_model=d,
+        d_ff=f,
+        num_experts=e,
+        expert_capacity=2,
+        router_jitter_noise=0.0,
+        dense_act_fn="relu",
+        dropout_rate=0.0,
+    )
     torch.manual_seed(0)
     hf = SwitchTransformersSparseMLP(hf_cfg).eval()
     # capacity per sequence = ceil(cf * T * k / E) = ceil(cf * 12 / 4) = 2 -> cf = 2/3
-    moe = MoELayer(config(d_model=d, d_ff=f, n_experts=e, top_k=1, norm="softmax", router="linear",
-                          capacity_factor=2 / 3, capacity_policy="position", activation="relu")).eval()
+    moe = MoELayer(
+        config(
+            d_model=d,
+            d_ff=f,
+            n_experts=e,
+            top_k=1,
+            norm="softmax",
+            router="linear",
+            capacity_factor=2 / 3,
+            capacity_policy="position",
+            activation="relu",
+        )
+    ).eval()
     with torch.no_grad():
         moe.router.proj.weight.copy_(hf.router.classifier.weight)
         for i in range(e):

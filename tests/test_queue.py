@@ -6,6 +6,7 @@ metrics, `dvc exp show --csv` must list router/norm/top_k/model beside them, and
 must be left as it was. Only `prepare@lm` is reproduced for the baseline and the experiments target
 `exp-evaluate` (its upstream: prepare@lm, exp-train), so the study stages never run: ~40 s on 2 cores.
 """
+
 import csv
 import hashlib
 import io
@@ -19,9 +20,16 @@ import yaml
 
 from labrepo import make_lab
 
-ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-       "OMP_NUM_THREADS": "1"}     # two trainings share the cores: no thread oversubscription
+ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+}  # two trainings share the cores: no thread oversubscription
 # --keep / --drop regexes are matched from the start of the column name (re.match)
 KEEP = "Experiment|rev|State|^router$|^norm$|^top_k$|^model$|final_val_loss$|test_ppl$|parameters$"
 
@@ -39,8 +47,11 @@ def sh(cmd: str, cwd: Path, timeout: int = 300) -> str:
 
 def digest(repo: Path) -> dict[str, str]:
     """Every file of the workspace except git's and DVC's own state."""
-    return {str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(repo.rglob("*")) if p.is_file() and not {".git", ".dvc"} & set(p.relative_to(repo).parts)}
+    return {
+        str(p.relative_to(repo)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and not {".git", ".dvc"} & set(p.relative_to(repo).parts)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +73,9 @@ def test_two_queued_experiments_run_in_parallel_each_in_its_own_workspace(lab):
         if not any(s in status for s in ("Queued", "Running")) or time.time() > deadline:
             break
         time.sleep(2)
-    tasks = [line.split() for line in status.splitlines() if line[:1].isalnum() and not line.startswith(("Task", "Worker"))]
+    tasks = [
+        line.split() for line in status.splitlines() if line[:1].isalnum() and not line.startswith(("Task", "Worker"))
+    ]
     assert len(tasks) == 2 and all(t[-1] == "Success" for t in tasks), status
     for name in (t[1] for t in tasks):
         log = sh(f"dvc queue logs {name}", lab)
@@ -73,13 +86,15 @@ def test_two_queued_experiments_run_in_parallel_each_in_its_own_workspace(lab):
     assert {"router", "norm", "top_k", "model"} <= set(rows[0]), rows[0].keys()
     exps = {r["router"]: r for r in rows if r["Experiment"]}
     assert set(exps) == {"linear", "attention"}, rows
-    for router, r in exps.items():
+    for r in exps.values():
         assert r["State"] == "Success" and r["top_k"] == "1" and r["norm"] == "softmax" and r["model"] == "e8"
         assert float(col(r, "test_ppl")) > 1 and float(col(r, "final_val_loss")) > 0
     # the metrics are each experiment's own: the attention router has W_q (d x d per MoE layer) more
     d, layers = 64, 2
-    assert int(float(col(exps["attention"], "parameters"))) - int(float(col(exps["linear"], "parameters"))) \
+    assert (
+        int(float(col(exps["attention"], "parameters"))) - int(float(col(exps["linear"], "parameters")))
         == layers * d * d
+    )
     assert col(exps["linear"], "test_ppl") != col(exps["attention"], "test_ppl")
 
     # the main workspace is untouched: same files, nothing to commit, no models/exp or metrics/exp written

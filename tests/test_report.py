@@ -1,4 +1,5 @@
 """Tests for moelab.report (intervals, best/tie marking, summary.json nesting) and moelab.plots."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,7 @@ def cell(mean: float, ci: float | None, n: int = 3) -> dict:
 def test_t_interval_matches_hand_computation():
     d = describe([1.0, 2.0, 3.0])
     assert d["mean"] == 2.0 and d["n"] == 3
-    assert d["std"] == pytest.approx(1.0)                          # sample std, n - 1
+    assert d["std"] == pytest.approx(1.0)  # sample std, n - 1
     assert d["ci95"] == pytest.approx(4.303 * 1.0 / math.sqrt(3))  # t_{0.975, 2} = 4.303
 
 
@@ -30,7 +31,7 @@ def test_single_seed_has_no_interval():
 
 def test_t95_table():
     assert t95(1) == 12.706 and t95(2) == 4.303 and t95(9) == 2.262
-    assert t95(12) == 2.228          # between table entries: the next smaller df (conservative)
+    assert t95(12) == 2.228  # between table entries: the next smaller df (conservative)
     assert t95(100) == 1.96
 
 
@@ -59,9 +60,13 @@ def test_all_equal_column_is_unmarked():
 
 
 def test_markdown_marks_and_notes():
-    summary = {"lm": {"a": {"e8": {"test_ppl": cell(10.0, 0.5)}},
-                      "b": {"e8": {"test_ppl": cell(20.0, 0.5)}},
-                      "c": {"e8": {"test_ppl": cell(10.2, 0.5)}}}}
+    summary = {
+        "lm": {
+            "a": {"e8": {"test_ppl": cell(10.0, 0.5)}},
+            "b": {"e8": {"test_ppl": cell(20.0, 0.5)}},
+            "c": {"e8": {"test_ppl": cell(10.2, 0.5)}},
+        }
+    }
     md = markdown(summary)
     assert "| a | e8 | 3 | 10 ± 0.5 ≈ |" in md and "| c | e8 | 3 | 10.2 ± 0.5 ≈ |" in md
     assert "| b | e8 | 3 | 20 ± 0.5 |" in md and "**" not in md.split("## lm")[1]
@@ -79,22 +84,39 @@ def _write_run(root: Path, gating: str, size: str, seed: int, ppl: float, norm: 
     live = variant / "train" / "live" / f"s{seed}" / "plots" / "metrics"
     (live / "train").mkdir(parents=True)
     (live / "val").mkdir(parents=True)
-    (live / "train" / "loss.tsv").write_text("step\tloss\n" + "".join(f"{s}\t{7 - s * 0.1 - seed * 0.01}\n" for s in range(1, 11)))
+    (live / "train" / "loss.tsv").write_text(
+        "step\tloss\n" + "".join(f"{s}\t{7 - s * 0.1 - seed * 0.01}\n" for s in range(1, 11))
+    )
     (live / "val" / "loss.tsv").write_text(f"step\tloss\n5\t6.6\n10\t{6.2 + seed * 0.01}\n")
     config = {"task": "lm", "gating": gating, "preset": size, "seed": seed, "model": {"moe": {"norm": norm}}}
-    layers = [{"expert_share": [0.5, 0.25, 0.25, 0.0], "experts_per_token_hist": [0, 6, 3, 1, 0],
-               "experts_per_token": 1.5}] * 2
-    spec = {"layer": 1, "split": "test", "experts": [
-        {"expert": 0, "tokens": 9, "top": [{"token": " the", "count": 5, "share": 0.5}, {"token": "\n", "count": 4, "share": 1.0}]}]}
-    ev = {"test_ppl": ppl, "flops_per_token": 1000.0 * (1 + len(gating)), "experts_per_token": 1.5, "load_cv": 0.3,
-          "dropped_fraction": 0.0}
+    layers = [
+        {"expert_share": [0.5, 0.25, 0.25, 0.0], "experts_per_token_hist": [0, 6, 3, 1, 0], "experts_per_token": 1.5}
+    ] * 2
+    spec = {
+        "layer": 1,
+        "split": "test",
+        "experts": [
+            {
+                "expert": 0,
+                "tokens": 9,
+                "top": [{"token": " the", "count": 5, "share": 0.5}, {"token": "\n", "count": 4, "share": 1.0}],
+            }
+        ],
+    }
+    ev = {
+        "test_ppl": ppl,
+        "flops_per_token": 1000.0 * (1 + len(gating)),
+        "experts_per_token": 1.5,
+        "load_cv": 0.3,
+        "dropped_fraction": 0.0,
+    }
     (variant / "eval").mkdir(parents=True, exist_ok=True)
     (variant / "eval" / f"s{seed}.json").write_text(json.dumps(ev))
     (variant / "eval" / f"s{seed}.meta.json").write_text(json.dumps({"config": config}))
     (variant / "eval" / f"s{seed}.routing.json").write_text(json.dumps({"layers": layers, "specialisation": spec}))
     (variant / "train" / f"s{seed}.json").write_text(json.dumps({"wall_s": 1.0 + seed}))
     (variant / "train" / f"s{seed}.meta.json").write_text(json.dumps({"config": config}))
-    bench = root.parent / "bench" / "lm" / f"{gating}-{size}.json"                 # per variant, not per seed
+    bench = root.parent / "bench" / "lm" / f"{gating}-{size}.json"  # per variant, not per seed
     bench.parent.mkdir(parents=True, exist_ok=True)
     bench.write_text(json.dumps({"forward_ms": 3.0}))
 
@@ -108,17 +130,17 @@ def test_report_on_synthetic_tree(tmp_path):
 
     on_disk = json.loads((metrics / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
-    ppl = on_disk["lm"]["linear-sparsemax"]["e8"]["test_ppl"]       # task -> variant -> size -> metric
+    ppl = on_disk["lm"]["linear-sparsemax"]["e8"]["test_ppl"]  # task -> variant -> size -> metric
     assert set(ppl) == {"mean", "std", "ci95", "n"}
     assert ppl["mean"] == pytest.approx(102.0) and ppl["n"] == 3
     assert ppl["ci95"] == pytest.approx(4.303 / math.sqrt(3))
     wall = on_disk["lm"]["linear-softmax-top2"]["e8"]["wall_s"]
     assert wall["mean"] == pytest.approx(2.0)
     latency = on_disk["lm"]["linear-softmax-top2"]["e8"]["forward_ms"]
-    assert latency["n"] == 1 and latency["ci95"] is None     # one measurement, not three identical "seeds"
+    assert latency["n"] == 1 and latency["ci95"] is None  # one measurement, not three identical "seeds"
 
     md = (metrics / "summary.md").read_text()
-    assert "**102 ± 2.484**" in md                                  # separated from 220 ± 24.8: claimed
+    assert "**102 ± 2.484**" in md  # separated from 220 ± 24.8: claimed
     assert "Expert specialisation" in md and "`␣the` 50%" in md and "`\\n` 100%" in md
 
     for name in FIGURES:

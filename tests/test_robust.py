@@ -2,6 +2,7 @@
 
 Tiny params (a copy of the repo's params.yaml, shrunk) and the repo's prepared data (data/prepared/lm).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,11 +22,9 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA: Path = Path()          # set by _prepared_data
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-       "PYTHONUNBUFFERED": "1"}
+DATA: Path = Path()  # set by _prepared_data
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 VOLATILE = {"wall_s", "train_tokens_per_s", "resumed_from_step"}
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,10 +40,11 @@ def tiny_params(path: Path, steps: int = 40, **overrides) -> Path:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p.update(tasks=["lm"], routers=["linear"], gates=["softmax-top2"], models=["e8"], model="e8", top_k=2)
     p["moe"]["bias_update_rate"] = 0.01
-    p["lm"]["train"].update(steps=steps, batch_size=4, checkpoint_every=5, eval_every=10, eval_batches=2,
-                            warmup_steps=4)
+    p["lm"]["train"].update(
+        steps=steps, batch_size=4, checkpoint_every=5, eval_every=10, eval_batches=2, warmup_steps=4
+    )
     p["lm"]["evaluate"].update(batch_size=16, max_batches=2, samples=1, sample_tokens=4)
-    for key, value in overrides.items():     # "lm.train.lr": 1.0
+    for key, value in overrides.items():  # "lm.train.lr": 1.0
         *parents, last = key.split(".")
         node = p
         for k in parents:
@@ -55,8 +55,21 @@ def tiny_params(path: Path, steps: int = 40, **overrides) -> Path:
 
 
 def cli(stage: str, params: Path, work: Path, *extra: str, data: Path | None = None) -> list[str]:
-    return [sys.executable, "-m", "moelab", stage, "--params", str(params), "--data-dir", str(data or DATA),
-            "--models-dir", str(work / "models"), "--metrics-dir", str(work / "metrics"), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "moelab",
+        stage,
+        "--params",
+        str(params),
+        "--data-dir",
+        str(data or DATA),
+        "--models-dir",
+        str(work / "models"),
+        "--metrics-dir",
+        str(work / "metrics"),
+        *extra,
+    ]
 
 
 def run_cli(args, **kw) -> subprocess.CompletedProcess:
@@ -67,7 +80,7 @@ def digest(*dirs: Path) -> dict[str, str]:
     out = {}
     for d in dirs:
         for f in sorted(Path(d).rglob("*")) if Path(d).exists() else []:
-            if f.is_file() and f.name != ".lock":       # the lock file names its current holder
+            if f.is_file() and f.name != ".lock":  # the lock file names its current holder
                 out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 
@@ -94,12 +107,13 @@ def test_sigkill_resume_is_exact(tmp_path):
     assert r.returncode == 0, r.stderr
 
     latest = killed / "models" / "latest.pt"
-    proc = subprocess.Popen(cli("train", params, killed, "--quiet"), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        cli("train", params, killed, "--quiet"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.time() + 90
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    time.sleep(0.05)                       # land somewhere between checkpoints
+    time.sleep(0.05)  # land somewhere between checkpoints
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
@@ -111,7 +125,7 @@ def test_sigkill_resume_is_exact(tmp_path):
     assert r.returncode == 0, r.stderr
     resumed = json.loads((killed / "metrics" / "train.json").read_text())
     assert resumed["resumed_from_step"] == killed_at
-    assert metrics_of(killed) == metrics_of(full)            # bit-exact on CPU
+    assert metrics_of(killed) == metrics_of(full)  # bit-exact on CPU
     for name in ("latest.pt", "best.pt"):
         a, b = weights(full / "models" / name), weights(killed / "models" / name)
         assert a.keys() == b.keys()
@@ -120,7 +134,7 @@ def test_sigkill_resume_is_exact(tmp_path):
     assert biases and any(a[k].abs().sum() > 0 for k in biases), "selection bias not active / not checkpointed"
     state = torch.load(killed / "models" / "latest.pt", weights_only=True)
     assert [r["step"] for r in state["history"]] == list(range(1, 41))
-    assert live_logs(killed) == live_logs(full)              # DVCLive: no step logged twice or lost
+    assert live_logs(killed) == live_logs(full)  # DVCLive: no step logged twice or lost
     assert not list((killed / "models").glob(".*.tmp"))
 
 
@@ -141,7 +155,7 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     latest = tmp_path / "models" / "latest.pt"
     state = torch.load(latest, weights_only=True)
     assert state["world_size"] == 1
-    state["world_size"] = 2                  # as if written by `torchrun --nproc_per_node 2`
+    state["world_size"] = 2  # as if written by `torchrun --nproc_per_node 2`
     torch.save(state, latest)
     before = digest(tmp_path / "models")
     r = run_cli(cli("train", params, tmp_path, "--quiet"))
@@ -154,6 +168,7 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
 def test_crash_mid_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     from moelab import io as mio
     from moelab.checkpoint import save_checkpoint
+
     ckpt, metrics = tmp_path / "latest.pt", tmp_path / "train.json"
     save_checkpoint(ckpt, {"step": 1, "w": torch.ones(3)})
     mio.write_metrics(metrics, {"steps": 1})
@@ -161,6 +176,7 @@ def test_crash_mid_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
 
     def boom(src, dst):
         raise OSError(28, "No space left on device (simulated crash)")
+
     monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError):
         save_checkpoint(ckpt, {"step": 2, "w": torch.zeros(3)})
@@ -172,6 +188,7 @@ def test_crash_mid_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
 
 def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
     from moelab.io import remove_stale_temps
+
     (tmp_path / ".latest.pt.abc123.tmp").write_bytes(b"half")
     (tmp_path / "latest.pt").write_bytes(b"whole")
     assert [p.name for p in remove_stale_temps(tmp_path)] == [".latest.pt.abc123.tmp"]
@@ -183,6 +200,7 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
 def test_non_finite_loss_stops_with_step_and_term(tmp_path, monkeypatch, term):
     from moelab.config import load_params, resolve_run
     from moelab.train import loop as tr
+
     run = resolve_run(load_params(tiny_params(tmp_path / "params.yaml", steps=20)))
     latest = tmp_path / "models" / "latest.pt"
     seen = {"steps": 0, "latest": None}
@@ -194,12 +212,13 @@ def test_non_finite_loss_stops_with_step_and_term(tmp_path, monkeypatch, term):
         if core.training:
             seen["steps"] += 1
             if seen["steps"] == 8:
-                seen["latest"] = latest.read_bytes()        # the last good checkpoint (step 5)
+                seen["latest"] = latest.read_bytes()  # the last good checkpoint (step 5)
                 if term == "task loss":
                     loss = loss * float("nan")
                 else:
                     core.moe_layers()[0].balancing_loss = torch.tensor(float("inf"))
         return loss, info
+
     monkeypatch.setattr(tr, "task_loss", poisoned)
     with pytest.raises(tr.NonFiniteLoss) as err:
         tr.train(run, DATA, tmp_path / "models", tmp_path / "metrics" / "train.json", progress=False)
@@ -212,8 +231,11 @@ def test_non_finite_loss_stops_with_step_and_term(tmp_path, monkeypatch, term):
 
 def test_non_finite_loss_cli_one_line(tmp_path):
     """A real way: a learning rate that makes the loss explode."""
-    params = tiny_params(tmp_path / "params.yaml", steps=30, **{"lm.train.lr": 1e6, "lm.train.grad_clip": 1e9,
-                                                                 "lm.train.warmup_steps": 0})
+    params = tiny_params(
+        tmp_path / "params.yaml",
+        steps=30,
+        **{"lm.train.lr": 1e6, "lm.train.grad_clip": 1e9, "lm.train.warmup_steps": 0},
+    )
     r = run_cli(cli("train", params, tmp_path, "--quiet"))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
@@ -228,6 +250,7 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("trained")
     params = tiny_params(work / "params.yaml", steps=5, **{"lm.train.checkpoint_every": 5})
     from moelab.cli import main
+
     assert main(cli("train", params, work, "--quiet")[3:]) == 0
     assert main(cli("evaluate", params, work, "--quiet")[3:]) == 0
     return work
@@ -249,6 +272,7 @@ def _edit(key, value):
             del p[last]
         else:
             p[last] = value
+
     return f
 
 
@@ -261,6 +285,7 @@ def _params_case(edit):
         edit(p)
         params.write_text(yaml.safe_dump(p))
         return ["train"], {}
+
     return setup
 
 
@@ -268,12 +293,14 @@ def _raw_params(text):
     def setup(work, params):
         params.write_text(text)
         return ["train"], {}
+
     return setup
 
 
 def _args(*argv, stage="train"):
     def setup(work, params):
         return [stage, *argv], {}
+
     return setup
 
 
@@ -284,6 +311,7 @@ def _data(mutate, stage="train"):
         shutil.copytree(DATA, data)
         mutate(data)
         return [stage], {"data": data}
+
     return setup
 
 
@@ -291,6 +319,7 @@ def _ckpt(mutate, stage):
     def setup(work, params):
         mutate(work / "models")
         return [stage], {}
+
     return setup
 
 
@@ -312,6 +341,7 @@ def _evil_pickle(name):
     def mutate(models):
         with open(models / name, "wb") as fh:
             pickle.dump({"model": Evil(), "step": 1}, fh)
+
     return mutate
 
 
@@ -392,7 +422,11 @@ BAD = [
     ("truncated-latest-train", _ckpt(_truncate, "train"), ["latest.pt", "unreadable"]),
     ("truncated-best-evaluate", _ckpt(_truncate_best, "evaluate"), ["best.pt", "unreadable"]),
     ("random-bytes-latest-train", _ckpt(_random_bytes, "train"), ["latest.pt", "unreadable"]),
-    ("evil-pickle-latest-train", _ckpt(_evil_pickle("latest.pt"), "train"), ["latest.pt", "unreadable", "could run code"]),
+    (
+        "evil-pickle-latest-train",
+        _ckpt(_evil_pickle("latest.pt"), "train"),
+        ["latest.pt", "unreadable", "could run code"],
+    ),
     ("evil-pickle-best-evaluate", _ckpt(_evil_pickle("best.pt"), "evaluate"), ["best.pt", "could run code"]),
     ("evil-torch-save-evaluate", _ckpt(_evil_torch_save, "evaluate"), ["best.pt", "could run code"]),
     ("other-model-size-evaluate", _args("--model", "e16", stage="evaluate"), ["best.pt", "model"]),
@@ -416,11 +450,12 @@ def test_bad_input_one_clear_line_nothing_lost(trained, tmp_path, case, setup, w
         argv = [sys.executable, "-m", "moelab", "prepare", "--task", "lm", "--params", str(params), *extra[1:]]
     else:
         argv = cli(stage, params, work, "--quiet", *extra[1:], data=opts.get("data", DATA))
-    if case in SUBPROCESS:     # the real thing: a fresh interpreter, offline env set before any HF import
+    if case in SUBPROCESS:  # the real thing: a fresh interpreter, offline env set before any HF import
         r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
         rc, stderr = r.returncode, r.stderr
-    else:                      # in-process (fast); an unexplained exception would escape main() and fail here
+    else:  # in-process (fast); an unexplained exception would escape main() and fail here
         from moelab.cli import main
+
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         monkeypatch.chdir(tmp_path)
@@ -432,12 +467,12 @@ def test_bad_input_one_clear_line_nothing_lost(trained, tmp_path, case, setup, w
         stderr = capfd.readouterr().err
     lines = stderr.strip().splitlines()
     assert rc == 2, stderr
-    assert len(lines) == 1, stderr                                      # no traceback, no warnings
+    assert len(lines) == 1, stderr  # no traceback, no warnings
     assert lines[0].startswith(f"moelab {stage}: error: "), lines[0]
     for w in words:
         assert w.lower() in lines[0].lower(), (w, lines[0])
-    assert digest(work / "models", work / "metrics") == before          # nothing overwritten
-    assert not pwned.exists()                                           # nothing unpickled / executed
+    assert digest(work / "models", work / "metrics") == before  # nothing overwritten
+    assert not pwned.exists()  # nothing unpickled / executed
     assert not list((work / "models").glob(".*.tmp"))
 
 

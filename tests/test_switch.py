@@ -3,6 +3,7 @@
 Router swap against HF's own SparseMLP, the save_pretrained checkpoint path, seq2seq FLOPs against
 torch's flop counter, padding kept out of routing, the balancing loss, and ROUGE by hand.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,6 +18,7 @@ import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import loop_experts
 from moelab.cli import main
 from moelab.config import ConfigError, load_params, resolve_run
 from moelab.models.lm import IGNORE
@@ -25,7 +27,6 @@ from moelab.moe import InitConfig, MoEConfig
 from moelab.moe.balancing.aux_loss import switch_aux_loss
 from moelab.moe.balancing.z_loss import router_z_loss
 from moelab.tasks.summarization import SummarizationTask, pad_batch, rouge_scores, seq2seq_flops_per_token
-from conftest import loop_experts
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 97
@@ -34,17 +35,34 @@ VOCAB = 97
 def tiny_switch(expert_capacity: int = 64, vocab_size: int = 64, seed: int = 0):
     """A random 2+2-layer Switch, every FFN sparse (4 experts), deterministic routing (no jitter/dropout)."""
     from transformers import SwitchTransformersConfig, SwitchTransformersForConditionalGeneration
+
     cfg = SwitchTransformersConfig(
-        vocab_size=vocab_size, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
-        num_sparse_encoder_layers=2, num_sparse_decoder_layers=2, num_experts=4, expert_capacity=expert_capacity,
-        router_jitter_noise=0.0, router_dtype="float32", dropout_rate=0.0, dense_act_fn="relu",
-        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        num_heads=4,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_sparse_encoder_layers=2,
+        num_sparse_decoder_layers=2,
+        num_experts=4,
+        expert_capacity=expert_capacity,
+        router_jitter_noise=0.0,
+        router_dtype="float32",
+        dropout_rate=0.0,
+        dense_act_fn="relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     torch.manual_seed(seed)
     return SwitchTransformersForConditionalGeneration(cfg).eval()
 
 
 def hf_sparse_mlps(model) -> dict:
     from transformers.models.switch_transformers.modeling_switch_transformers import SwitchTransformersSparseMLP
+
     return {name: m for name, m in model.named_modules() if isinstance(m, SwitchTransformersSparseMLP)}
 
 
@@ -58,24 +76,35 @@ def hf_sparse_mlps(model) -> dict:
 def test_swapped_sparse_mlps_match_hf_switch(expert_capacity, capacity_factor):
     hf = tiny_switch(expert_capacity)
     ours = copy.deepcopy(hf)
-    moe = MoEConfig.build(d_model=32, d_ff=64, n_experts=4, router="linear", norm="softmax", top_k=1,
-                          capacity_factor=capacity_factor, capacity_policy="position", activation="relu")
+    moe = MoEConfig.build(
+        d_model=32,
+        d_ff=64,
+        n_experts=4,
+        router="linear",
+        norm="softmax",
+        top_k=1,
+        capacity_factor=capacity_factor,
+        capacity_policy="position",
+        activation="relu",
+    )
     assert swap_sparse_mlps(ours, moe, moe, InitConfig(), pretrained=True) == 4
     assert not hf_sparse_mlps(ours), "every HF SparseMLP must be replaced"
 
     # record each HF SparseMLP's (input, output) during one forward of the original model
     seen = {}
-    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, (args[0], out)))
-             for name, m in hf_sparse_mlps(hf).items()]
+    hooks = [
+        m.register_forward_hook(lambda mod, args, out, name=name: seen.__setitem__(name, (args[0], out)))
+        for name, m in hf_sparse_mlps(hf).items()
+    ]
     torch.manual_seed(1)
-    ids, dec = torch.randint(2, 64, (3, 16)), torch.randint(2, 64, (3, 16))     # [B, S], [B, L]; S = L = 16
+    ids, dec = torch.randint(2, 64, (3, 16)), torch.randint(2, 64, (3, 16))  # [B, S], [B, L]; S = L = 16
     with torch.no_grad():
-        theirs = hf(input_ids=ids, decoder_input_ids=dec).logits                 # [B, L, V]
+        theirs = hf(input_ids=ids, decoder_input_ids=dec).logits  # [B, L, V]
         mine = ours(input_ids=ids, decoder_input_ids=dec).logits
         for h in hooks:
             h.remove()
         dropped = 0.0
-        for name, (x, y) in seen.items():                                         # x, y: [B, T, d]
+        for name, (x, y) in seen.items():  # x, y: [B, T, d]
             wrapper = ours.get_submodule(name)
             diff = (wrapper(x) - y).abs().max().item()
             assert diff < 1e-5, f"{name}: max |moelab - HF| = {diff:.3g}"
@@ -101,8 +130,8 @@ def small_params(data: dict, pretrained: str | None = None) -> dict:
     s["train"].update(SMALL_RUN)
     s["evaluate"].update(SMALL_EVAL)
     if pretrained:
-        s["models"]["e8"].update(n_experts=4, pretrained=pretrained)   # matches the checkpoint
-        s["models"]["e16"].update(pretrained=pretrained)                # 16 != 4: must be refused
+        s["models"]["e8"].update(n_experts=4, pretrained=pretrained)  # matches the checkpoint
+        s["models"]["e16"].update(pretrained=pretrained)  # 16 != 4: must be refused
     return data
 
 
@@ -121,13 +150,18 @@ def checkpoint(tmp_path_factory, summ_data) -> tuple[Path, Path]:
     """(a dir holding a random Switch in safetensors + a fast tokenizer, params.yaml whose presets use it)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
+
     tmp = tmp_path_factory.mktemp("pretrained")
     ckpt = tmp / "switch-tiny"
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_file(str(summ_data / "tokenizer.json")),
-                                  pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_file(str(summ_data / "tokenizer.json")),
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<unk>",
+    )
     assert (tok.pad_token_id, tok.eos_token_id) == (0, 1)
     model = tiny_switch(vocab_size=len(tok), seed=3)
-    model.config.output_router_logits = True          # load_hf must switch HF's router losses off again
+    model.config.output_router_logits = True  # load_hf must switch HF's router losses off again
     model.save_pretrained(ckpt, safe_serialization=True)
     tok.save_pretrained(ckpt)
     assert (ckpt / "model.safetensors").exists()
@@ -136,15 +170,35 @@ def checkpoint(tmp_path_factory, summ_data) -> tuple[Path, Path]:
     return ckpt, params
 
 
-def cli_cell(params: Path, data: Path, out: Path, task: str = "summarization", model: str = "e8",
-             gate: str = "softmax-top1") -> list[str]:
-    return ["--task", task, "--router", "linear", "--gate", gate, "--model", model, "--seed", "0",
-            "--params", str(params), "--data-dir", str(data), "--models-dir", str(out / "model"),
-            "--metrics-dir", str(out / "metrics"), "--quiet"]
+def cli_cell(
+    params: Path, data: Path, out: Path, task: str = "summarization", model: str = "e8", gate: str = "softmax-top1"
+) -> list[str]:
+    return [
+        "--task",
+        task,
+        "--router",
+        "linear",
+        "--gate",
+        gate,
+        "--model",
+        model,
+        "--seed",
+        "0",
+        "--params",
+        str(params),
+        "--data-dir",
+        str(data),
+        "--models-dir",
+        str(out / "model"),
+        "--metrics-dir",
+        str(out / "metrics"),
+        "--quiet",
+    ]
 
 
 def test_pretrained_checkpoint_experts_are_loaded_into_moelab(checkpoint, summ_data):
     from transformers import SwitchTransformersForConditionalGeneration
+
     ckpt, params = checkpoint
     run = resolve_run(load_params(params), task="summarization", router="linear", gate="softmax-top1", model="e8")
     task = SummarizationTask(run, summ_data)
@@ -154,14 +208,14 @@ def test_pretrained_checkpoint_experts_are_loaded_into_moelab(checkpoint, summ_d
     assert reference.config.output_router_logits is True and model.hf.config.output_router_logits is False
     for name, sparse in hf_sparse_mlps(reference).items():
         moe = model.hf.get_submodule(name).moe
-        assert moe.cfg.d_ff == 64 and moe.cfg.activation == "relu"     # sizes come from the checkpoint
+        assert moe.cfg.d_ff == 64 and moe.cfg.activation == "relu"  # sizes come from the checkpoint
         for e in range(4):
             expert = sparse.experts[f"expert_{e}"]
             assert torch.equal(moe.experts.w_in[e], expert.wi.weight.T), f"{name} expert {e} w_in"
             assert torch.equal(moe.experts.w_out[e], expert.wo.weight.T), f"{name} expert {e} w_out"
         assert torch.equal(moe.router.proj.weight, sparse.router.classifier.weight)
     # the raw texts are tokenised with the checkpoint's tokenizer, cut to max_source_len
-    batch = task.collate("train", [0, 1])                                 # input_ids [2, S <= 32]
+    batch = task.collate("train", [0, 1])  # input_ids [2, S <= 32]
     assert batch["input_ids"].shape[1] <= run.data.max_source_len
     assert task.decode(batch["input_ids"][0]).startswith("summarize: " + task.texts("train")["documents"][0][:10])
 
@@ -178,8 +232,7 @@ def test_pretrained_checkpoint_trains_and_evaluates_through_the_cli(checkpoint, 
     assert len(json.loads((tmp_path / "metrics" / "eval.routing.json").read_text())["layers"]) == 4
 
 
-def test_preset_with_other_n_experts_than_the_checkpoint_is_one_config_error(checkpoint, summ_data, tmp_path,
-                                                                              capsys):
+def test_preset_with_other_n_experts_than_the_checkpoint_is_one_config_error(checkpoint, summ_data, tmp_path, capsys):
     _, params = checkpoint
     run = resolve_run(load_params(params), task="summarization", gate="softmax-top1", model="e16")
     with pytest.raises(ConfigError, match="n_experts = 16 .* 4 experts"):
@@ -206,12 +259,12 @@ def scratch(params, **kw) -> SwitchSeq2Seq:
 @pytest.mark.parametrize("gate, router", [("softmax-top1", "linear"), ("sparsemax", "attention")])
 def test_seq2seq_flops_match_torch_flop_counter(params, gate, router):
     model = loop_experts(scratch(params, gate=gate, router=router))
-    with torch.no_grad():       # larger router weights than the init's, so sparsemax's support is partial
+    with torch.no_grad():  # larger router weights than the init's, so sparsemax's support is partial
         for layer in model.moe_layers():
             for p in layer.router.parameters():
                 p.mul_(10)
-    b, s, l = 2, 12, 7
-    ids, labels = torch.randint(2, VOCAB, (b, s)), torch.randint(2, VOCAB, (b, l))
+    b, s, t = 2, 12, 7
+    ids, labels = torch.randint(2, VOCAB, (b, s)), torch.randint(2, VOCAB, (b, t))
     # the math backend runs attention as plain (b)mm's, which the flop counter sees on CPU
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(ids, torch.ones_like(ids), labels)
@@ -221,8 +274,8 @@ def test_seq2seq_flops_match_torch_flop_counter(params, gate, router):
     else:
         assert 1.0 < sum(realised) / len(realised) < 8.0, "sparsemax support: between top-1 and all experts"
     run = resolve_run(params, task="summarization", gate=gate, router=router)
-    analytic = seq2seq_flops_per_token(model.hf.config, s, l, run.model.moe, realised)["total"]
-    measured = counter.get_total_flops() / (b * (s + l))
+    analytic = seq2seq_flops_per_token(model.hf.config, s, t, run.model.moe, realised)["total"]
+    measured = counter.get_total_flops() / (b * (s + t))
     assert measured == pytest.approx(analytic, rel=1e-9)
 
 
@@ -232,18 +285,18 @@ def test_source_padding_changes_neither_routing_nor_outputs(params):
     (capacity is per sequence of real tokens, so padding must not raise it either)."""
     moe = {**params.moe, "capacity_factor": 1.0, "capacity_policy": "position"}
     model = scratch(dataclasses.replace(params, moe=moe), gate="softmax-top1")
-    enc = model.moe_layers()[0]                                                # encoder layers come first
+    enc = model.moe_layers()[0]  # encoder layers come first
     torch.manual_seed(2)
     seqs = [torch.randint(2, VOCAB, (6,)), torch.randint(2, VOCAB, (10,))]
-    labels = torch.randint(2, VOCAB, (2, 5))                                   # [B, L], no target padding
-    ids, mask = pad_batch([s.numpy() for s in seqs], pad=0)                    # [2, 10]
-    ids[0, 6:] = torch.randint(2, VOCAB, (4,))                                 # padding content must not matter
+    labels = torch.randint(2, VOCAB, (2, 5))  # [B, L], no target padding
+    ids, mask = pad_batch([s.numpy() for s in seqs], pad=0)  # [2, 10]
+    ids[0, 6:] = torch.randint(2, VOCAB, (4,))  # padding content must not matter
     with torch.no_grad():
-        batched = model(ids, mask.long(), labels)                              # [2, L, V]
+        batched = model(ids, mask.long(), labels)  # [2, L, V]
         stats, (pos, _) = copy.deepcopy(enc.last_stats), enc.last_assignment
         alone, loads, drops = [], [], 0.0
         for i, s in enumerate(seqs):
-            alone.append(model(s[None], torch.ones(1, len(s), dtype=torch.long), labels[i:i + 1])[0])
+            alone.append(model(s[None], torch.ones(1, len(s), dtype=torch.long), labels[i : i + 1])[0])
             loads.append(enc.last_stats.tokens_per_expert)
             drops += enc.last_stats.slots_dropped
     for i in range(2):
@@ -260,10 +313,16 @@ def test_training_loss_is_ce_and_every_moe_layer_balancing_loss_counts_once(para
     model = scratch(params, gate="softmax-top2")
     assert model.hf.config.output_router_logits is False
     inputs = {}
-    hooks = [m.moe.register_forward_hook(lambda mod, args, out: inputs.__setitem__(mod, args))
-             for m in model.modules() if isinstance(m, MoESparseMLP)]
-    batch = {"input_ids": torch.randint(2, VOCAB, (2, 9)), "attention_mask": torch.ones(2, 9, dtype=torch.long),
-             "labels": torch.randint(2, VOCAB, (2, 5))}
+    hooks = [
+        m.moe.register_forward_hook(lambda mod, args, out: inputs.__setitem__(mod, args))
+        for m in model.modules()
+        if isinstance(m, MoESparseMLP)
+    ]
+    batch = {
+        "input_ids": torch.randint(2, VOCAB, (2, 9)),
+        "attention_mask": torch.ones(2, 9, dtype=torch.long),
+        "labels": torch.randint(2, VOCAB, (2, 5)),
+    }
     batch["labels"][0, 3:] = IGNORE
     loss, info = model.loss(batch)
     for h in hooks:
@@ -277,17 +336,21 @@ def test_training_loss_is_ce_and_every_moe_layer_balancing_loss_counts_once(para
     assert len(layers) == len(inputs) == model.n_swapped == 2
     expected = torch.zeros(())
     for layer in layers:
-        x, mask = inputs[layer]                                   # [B, T, d], [B, T] bool
+        x, mask = inputs[layer]  # [B, T, d], [B, T] bool
         h = x[mask] if mask is not None else x.reshape(-1, x.shape[-1])
-        scores = layer.router(h.float())                          # [N, E]
+        scores = layer.router(h.float())  # [N, E]
         weights = scores.softmax(-1)
-        top = weights.topk(2, -1).indices.reshape(-1)             # [N * k]
+        top = weights.topk(2, -1).indices.reshape(-1)  # [N * k]
         cfg = layer.cfg
         assert cfg.aux_loss_coef > 0 and cfg.z_loss_coef > 0
-        expected = expected + cfg.aux_loss_coef * switch_aux_loss(weights, top, cfg.n_routed) \
+        expected = (
+            expected
+            + cfg.aux_loss_coef * switch_aux_loss(weights, top, cfg.n_routed)
             + cfg.z_loss_coef * router_z_loss(scores)
+        )
     assert model.balancing_loss().item() == pytest.approx(expected.item(), rel=1e-5)
-    assert model.balancing_loss().item() == pytest.approx(sum(l.balancing_loss.item() for l in layers), rel=1e-6)
+    layer_sum = sum(layer.balancing_loss.item() for layer in layers)
+    assert model.balancing_loss().item() == pytest.approx(layer_sum, rel=1e-6)
 
 
 # ------------------------------------------------------------------ 6. ROUGE

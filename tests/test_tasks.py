@@ -1,4 +1,5 @@
 """Classification (masked pooling, metrics, loss, FLOPs) and a tiny CLI run of each non-LM task."""
+
 from __future__ import annotations
 
 import json
@@ -10,11 +11,11 @@ import yaml
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import loop_experts
 from moelab.cli import main
 from moelab.config import load_params, resolve_run
 from moelab.models.classifier import EncoderClassifier, masked_mean
 from moelab.tasks.classification import accuracy_macro_f1, classifier_flops_per_token
-from conftest import loop_experts
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, MAX_LEN, CLASSES = 97, 16, 3
@@ -32,7 +33,7 @@ def classifier(params, **kw) -> EncoderClassifier:
 
 # ------------------------------------------------------------------ 7. classification pieces
 def test_masked_mean_by_hand():
-    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])      # [1, 3, 2]; the last row is padding
+    x = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])  # [1, 3, 2]; the last row is padding
     assert torch.equal(masked_mean(x, torch.tensor([[True, True, False]])), torch.tensor([[2.0, 3.0]]))
 
 
@@ -41,10 +42,10 @@ def test_appended_padding_leaves_the_logits_unchanged(params, gate):
     model = classifier(params, gate=gate)
     torch.manual_seed(1)
     ids = torch.randint(0, VOCAB, (2, 9))
-    padded = torch.cat([ids, torch.randint(0, VOCAB, (2, 5))], 1)       # [2, 14]: 5 padding ids of any value
-    mask = torch.arange(14) < 9                                          # [14]
+    padded = torch.cat([ids, torch.randint(0, VOCAB, (2, 5))], 1)  # [2, 14]: 5 padding ids of any value
+    mask = torch.arange(14) < 9  # [14]
     with torch.no_grad():
-        plain = model(ids, torch.ones(2, 9, dtype=torch.bool))          # [2, C]
+        plain = model(ids, torch.ones(2, 9, dtype=torch.bool))  # [2, C]
         tokens = [layer.last_stats.tokens for layer in model.moe_layers()]
         with_pad = model(padded, mask.expand(2, 14))
     diff = (plain - with_pad).abs().max().item()
@@ -71,7 +72,7 @@ def test_classifier_loss_is_cross_entropy_of_the_logits(params):
     mask[1, 6:] = False
     labels = torch.tensor([0, 2, 1, 2])
     loss, info = model.loss({"input_ids": ids, "attention_mask": mask.long(), "labels": labels})
-    logits = model(ids, mask)                                            # [B, C]
+    logits = model(ids, mask)  # [B, C]
     manual = -(logits - logits.exp().sum(-1, keepdim=True).log())[torch.arange(4), labels].mean()
     assert info["tokens"] == 4
     assert loss.item() == pytest.approx(manual.item(), rel=1e-6)
@@ -92,10 +93,13 @@ def test_classifier_flops_match_torch_flop_counter(params, gate, router):
 
 # ------------------------------------------------------------------ 8. tiny end-to-end CLI runs
 TINY = {
-    "summarization": dict(data=dict(max_records=40, vocab_size=300, max_source_len=32, max_target_len=8),
-                          evaluate=dict(batch_size=4, max_batches=1, samples=2, max_new_tokens=6)),
-    "classification": dict(data=dict(max_records=60, vocab_size=300, seq_len=24),
-                           evaluate=dict(batch_size=8, max_batches=1, samples=3)),
+    "summarization": dict(
+        data=dict(max_records=40, vocab_size=300, max_source_len=32, max_target_len=8),
+        evaluate=dict(batch_size=4, max_batches=1, samples=2, max_new_tokens=6),
+    ),
+    "classification": dict(
+        data=dict(max_records=60, vocab_size=300, seq_len=24), evaluate=dict(batch_size=8, max_batches=1, samples=3)
+    ),
 }
 QUALITY = {"summarization": ("rouge1", "rouge2", "rougeL", "rougeLsum"), "classification": ("accuracy", "macro_f1")}
 QUALITY = {task: tuple(f"{split}_{k}" for split in ("val", "test") for k in keys) for task, keys in QUALITY.items()}
@@ -107,8 +111,9 @@ def tiny_params(tmp_path_factory) -> Path:
     for task, sections in TINY.items():
         for name, values in sections.items():
             data[task][name].update(values)
-        data[task]["train"].update(steps=3, batch_size=4, warmup_steps=0, eval_every=3, eval_batches=1,
-                                   checkpoint_every=3)
+        data[task]["train"].update(
+            steps=3, batch_size=4, warmup_steps=0, eval_every=3, eval_batches=1, checkpoint_every=3
+        )
     path = tmp_path_factory.mktemp("tiny") / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -118,12 +123,30 @@ def tiny_params(tmp_path_factory) -> Path:
 def test_prepare_train_evaluate_through_the_cli(tiny_params, tmp_path, task, gate):
     data = tmp_path / "data"
     assert main(["prepare", "--task", task, "--out", str(data), "--params", str(tiny_params)]) == 0
-    cell = ["--task", task, "--router", "linear", "--gate", gate, "--model", "e8", "--seed", "0",
-            "--params", str(tiny_params), "--data-dir", str(data), "--models-dir", str(tmp_path / "model"),
-            "--metrics-dir", str(tmp_path / "metrics"), "--quiet"]
+    cell = [
+        "--task",
+        task,
+        "--router",
+        "linear",
+        "--gate",
+        gate,
+        "--model",
+        "e8",
+        "--seed",
+        "0",
+        "--params",
+        str(tiny_params),
+        "--data-dir",
+        str(data),
+        "--models-dir",
+        str(tmp_path / "model"),
+        "--metrics-dir",
+        str(tmp_path / "metrics"),
+        "--quiet",
+    ]
     assert main(["train", *cell]) == 0
     assert main(["evaluate", *cell]) == 0
-    bench_cell = [a for a in cell if a not in ("--quiet",)][:-4]       # the cell, without --models/metrics-dir
+    bench_cell = [a for a in cell if a not in ("--quiet",)][:-4]  # the cell, without --models/metrics-dir
     assert main(["benchmark", *bench_cell, "--out", str(tmp_path / "bench.json")]) == 0
     bench = json.loads((tmp_path / "bench.json").read_text())
     # analytic FLOPs from the realised routing == torch's FlopCounterMode on the real batch
@@ -144,7 +167,7 @@ def test_prepare_train_evaluate_through_the_cli(tiny_params, tmp_path, task, gat
     assert ev["test_loss"] > 0 and ev["flops_per_token"] > 0 and ev["test_examples"] > 0
     assert all(isinstance(v, (int, float)) or v is None for v in ev.values()), "eval.json holds numbers only"
     routing = json.loads((metrics / "eval.routing.json").read_text())
-    assert len(routing["layers"]) == 2      # e8: 1 encoder + 1 decoder sparse layer / 2 encoder blocks
+    assert len(routing["layers"]) == 2  # e8: 1 encoder + 1 decoder sparse layer / 2 encoder blocks
     for layer in routing["layers"]:
         assert layer["tokens"] > 0 and len(layer["tokens_per_expert"]) == 8
         assert sum(layer["tokens_per_expert"]) == pytest.approx(layer["experts_per_token"] * layer["tokens"])
@@ -158,5 +181,5 @@ def test_prepare_train_evaluate_through_the_cli(tiny_params, tmp_path, task, gat
     if task == "summarization":
         assert samples.count("## Example") == 2 and "**generated:**" in samples
     else:
-        rows = [line for line in samples.splitlines() if line.startswith("| ")][1:]   # after the header
+        rows = [line for line in samples.splitlines() if line.startswith("| ")][1:]  # after the header
         assert len(rows) == 3

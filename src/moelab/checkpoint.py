@@ -1,4 +1,5 @@
 """Checkpoints of our own models: plain tensors and primitives, loaded with weights_only=True."""
+
 from __future__ import annotations
 
 import io
@@ -29,20 +30,26 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("model",)) ->
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} not found: train this variant first (dvc repro)")
     try:
-        with warnings.catch_warnings():   # e.g. "Detected pickle protocol 4": the error below says it all
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
             warnings.simplefilter("ignore")
-            state = torch.load(path, map_location="cpu", weights_only=True)   # never unpickles arbitrary objects
-    except Exception as err:   # truncated, tampered or not a checkpoint at all
-        raise CheckpointError(f"checkpoint {path} is unreadable ({_why(err)}): restore it from DVC "
-                              f"(dvc checkout) or delete it and re-run training") from None
+            state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles arbitrary objects
+    except Exception as err:  # truncated, tampered or not a checkpoint at all
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({_why(err)}): restore it from DVC "
+            f"(dvc checkout) or delete it and re-run training"
+        ) from None
     if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"checkpoint {path} is unreadable (not a moelab checkpoint: no model weights): "
-                              "restore it from DVC (dvc checkout) or delete it and re-run training")
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (not a moelab checkpoint: no model weights): "
+            "restore it from DVC (dvc checkout) or delete it and re-run training"
+        )
     missing = [k for k in required if k not in state]
     if missing:
-        raise CheckpointError(f"checkpoint {path} cannot be resumed from: it has no {', '.join(missing)} (a best.pt "
-                              "copied over latest.pt?); restore latest.pt (dvc checkout), or re-run with --restart "
-                              "to train from step 0")
+        raise CheckpointError(
+            f"checkpoint {path} cannot be resumed from: it has no {', '.join(missing)} (a best.pt "
+            "copied over latest.pt?); restore latest.pt (dvc checkout), or re-run with --restart "
+            "to train from step 0"
+        )
     return state
 
 
@@ -50,8 +57,10 @@ def _why(err: Exception) -> str:
     text = " ".join(str(err).split())
     if isinstance(err, pickle.UnpicklingError) or "Weights only load failed" in text:
         found = re.search(r"(Unsupported global: GLOBAL [\w.]+|Unsupported operand \d+)", text)
-        return ("it holds objects other than tensors and plain values, which are refused because unpickling "
-                f"them could run code{': ' + found.group(1) if found else ''}")
+        return (
+            "it holds objects other than tensors and plain values, which are refused because unpickling "
+            f"them could run code{': ' + found.group(1) if found else ''}"
+        )
     # a cut-off zip: "failed finding central directory", EOFError, or OSError [Errno 22] from the zip reader
     if "zip archive" in text or "central directory" in text or isinstance(err, (EOFError, OSError)):
         return "truncated or not a torch checkpoint"
@@ -83,24 +92,35 @@ def config_differences(fingerprint: str | None, config: dict, ignore: tuple[str,
     skip = lambda k: k.split(".")[0] in ignore or k in ("name", "gating")  # noqa: E731
     theirs = _flat(json.loads(fingerprint)) if isinstance(fingerprint, str) else {}
     ours = _flat(json.loads(config_fingerprint(config)))
-    return [f"{k} {theirs.get(k)!r} in the checkpoint vs {ours.get(k)!r} now" for k in sorted(set(theirs) | set(ours))
-            if theirs.get(k) != ours.get(k) and not skip(k)]
+    return [
+        f"{k} {theirs.get(k)!r} in the checkpoint vs {ours.get(k)!r} now"
+        for k in sorted(set(theirs) | set(ours))
+        if theirs.get(k) != ours.get(k) and not skip(k)
+    ]
 
 
-def load_model_state(model: torch.nn.Module, state: dict, path: str | Path, config: dict | None = None,
-                     ignore: tuple[str, ...] = NOT_WEIGHTS) -> None:
+def load_model_state(
+    model: torch.nn.Module,
+    state: dict,
+    path: str | Path,
+    config: dict | None = None,
+    ignore: tuple[str, ...] = NOT_WEIGHTS,
+) -> None:
     """Load weights, explaining a checkpoint that belongs to another model size or variant.
 
     `ignore`: top-level config sections that may differ (evaluation ignores evaluate and train)."""
     diff = config_differences(state.get("config"), config, ignore) if config is not None else []
     if diff:
         shown = "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
-        raise CheckpointError(f"checkpoint {path} belongs to another variant ({shown}): point --models-dir at this "
-                              "variant's directory, or use the flags/params it was trained with")
+        raise CheckpointError(
+            f"checkpoint {path} belongs to another variant ({shown}): point --models-dir at this "
+            "variant's directory, or use the flags/params it was trained with"
+        )
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CheckpointError(f"checkpoint {path} does not fit this model ({detail[:160]}): "
-                              "it belongs to another model size or variant") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model ({detail[:160]}): it belongs to another model size or variant"
+        ) from None

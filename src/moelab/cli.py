@@ -5,6 +5,7 @@ command pays for no import it does not use.
 Every error moelab can explain is one line `moelab <command>: error: ...` and exit status 2
 (Ctrl-C during training: 130); anything else is a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = {   # name: (module, help)
+COMMANDS = {  # name: (module, help)
     "prepare": ("moelab.data.prepare", "split a corpus, train a tokenizer, write token ids"),
     "train": ("moelab.train.cli", "train one run, or every seed of a study variant (resumes from checkpoints)"),
     "evaluate": ("moelab.evaluate", "evaluate one trained run, or every seed of a study variant"),
@@ -33,8 +34,11 @@ class Parser(argparse.ArgumentParser):
 
 
 def parser_for(command: str | None) -> tuple[Parser, object | None]:
-    ap = Parser(prog="moelab", description=__doc__.splitlines()[0],
-                epilog="commands: " + "; ".join(f"{n}: {h}" for n, (_, h) in COMMANDS.items()))
+    ap = Parser(
+        prog="moelab",
+        description=__doc__.splitlines()[0],
+        epilog="commands: " + "; ".join(f"{n}: {h}" for n, (_, h) in COMMANDS.items()),
+    )
     sub = ap.add_subparsers(dest="command", required=True, parser_class=Parser)
     module = None
     for name, (module_name, help_) in COMMANDS.items():
@@ -50,18 +54,23 @@ def main(argv: list[str] | None = None) -> int:
     command = next((a for a in argv if not a.startswith("-")), None)
     ap, module = parser_for(command if command in COMMANDS else None)
     args, extra = ap.parse_known_args(argv)
-    if extra:      # reported by the command's name, like every other error of that command
-        ap.exit(2, f"moelab {args.command}: error: unrecognized arguments: {' '.join(extra)} "
-                   f"(see moelab {args.command} --help)\n")
+    if extra:  # reported by the command's name, like every other error of that command
+        ap.exit(
+            2,
+            f"moelab {args.command}: error: unrecognized arguments: {' '.join(extra)} "
+            f"(see moelab {args.command} --help)\n",
+        )
     from .cpu import keep_freed_memory
-    keep_freed_memory()       # before any tensor exists; see cpu.py (MOELAB_MALLOC=default opts out)
+
+    keep_freed_memory()  # before any tensor exists; see cpu.py (MOELAB_MALLOC=default opts out)
     from .errors import MoelabError
+
     try:
         module.run(args)
     except MoelabError as err:
         print(f"moelab {args.command}: error: {one_line(err)}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
-    except OSError as err:     # not found, permission, disk full: the path and what to check
+    except OSError as err:  # not found, permission, disk full: the path and what to check
         print(f"moelab {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0

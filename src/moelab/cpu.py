@@ -1,4 +1,5 @@
 """CPU process settings that every moelab command applies once, at start-up."""
+
 from __future__ import annotations
 
 import ctypes
@@ -6,7 +7,7 @@ import ctypes.util
 import os
 import sys
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3   # glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
 _KEEP_BYTES = 1 << 30
 _state = {"malloc_tuned": False}
 
@@ -27,7 +28,7 @@ def keep_freed_memory() -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES) == 1
-    except (OSError, AttributeError):      # not glibc (musl, ...): keep the platform's allocator
+    except (OSError, AttributeError):  # not glibc (musl, ...): keep the platform's allocator
         ok = False
     _state["malloc_tuned"] = ok
     return ok

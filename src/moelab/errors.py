@@ -3,6 +3,7 @@
 Every message names the file or key, says what is wrong and what to do. Anything else is a bug
 and keeps its traceback.
 """
+
 from __future__ import annotations
 
 

@@ -4,9 +4,10 @@ Checked against torch.utils.flop_counter in tests. Norms, activations and softma
 not counted (torch's flop counter does not count them either). MoE layers' router and expert
 FLOPs come from the registered components (moe.moe_flops_per_token).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch.utils import flop_counter
@@ -15,8 +16,9 @@ from .config import ModelConfig
 from .moe import moe_flops_per_token
 
 
-def decoder_flops_per_token(model: ModelConfig, vocab_size: int, context: int,
-                            experts_per_token: list[float] | None = None) -> dict:
+def decoder_flops_per_token(
+    model: ModelConfig, vocab_size: int, context: int, experts_per_token: list[float] | None = None
+) -> dict:
     """Forward FLOPs per token of the decoder LM / encoder classifier at sequence length `context`.
 
     experts_per_token: realised experts/token of each MoE block (from routing stats); default: k (or E).
@@ -31,8 +33,14 @@ def decoder_flops_per_token(model: ModelConfig, vocab_size: int, context: int,
     router = sum(p["router"] for p in per_layer)
     head = 2 * d * vocab_size
     total = attention + dense_ffn + expert_ffn + router + head
-    return {"attention": attention, "dense_ffn": dense_ffn, "experts": expert_ffn, "router": router, "head": head,
-            "total": total}
+    return {
+        "attention": attention,
+        "dense_ffn": dense_ffn,
+        "experts": expert_ffn,
+        "router": router,
+        "head": head,
+        "total": total,
+    }
 
 
 # ------------------------------------------------------------------ counted FLOPs (the independent check)
@@ -62,6 +70,7 @@ def counted_flops(fn: Callable[[], object]) -> int:
     """FLOPs torch's FlopCounterMode counts while fn() runs. Attention runs on the math backend, whose
     plain matmuls the counter sees on every device (the fused CPU kernel is not counted)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     register_grouped_mm_flops()
     with sdpa_kernel(SDPBackend.MATH), flop_counter.FlopCounterMode(display=False) as counter:
         fn()

@@ -4,6 +4,7 @@ A metrics file (what `dvc metrics` / `dvc exp show` read) holds numbers only; th
 the package versions that produced it go to `<name>.meta.json` next to it, which DVC does not treat
 as metrics.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, default_mode())        # mkstemp makes 0600; a written file respects the umask
+        os.fchmod(fd, default_mode())  # mkstemp makes 0600; a written file respects the umask
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -105,6 +106,7 @@ def write_metrics(path: str | Path, metrics: dict, config: dict | None = None, e
 def read_json(path: str | Path) -> dict:
     """A JSON object; a truncated or non-JSON file is a DataError naming it."""
     from .errors import DataError
+
     path = Path(path)
     try:
         value = json.loads(path.read_text())

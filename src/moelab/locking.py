@@ -1,6 +1,7 @@
 """An exclusive lock on a directory a command writes to (models, prepared data): a second process
 gets one line naming the holder instead of silently interleaving checkpoints. The lock is an
 fcntl lock on `<dir>/.lock`, so the kernel releases it when the holder exits, crash included."""
+
 from __future__ import annotations
 
 import fcntl
@@ -24,10 +25,12 @@ def directory_lock(directory: str | Path, what: str = "this directory"):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
-            raise LockError(f"{directory} is locked by {holder}, which is writing {what}: wait for it to "
-                            f"finish, or point this run at another directory") from None
+            raise LockError(
+                f"{directory} is locked by {holder}, which is writing {what}: wait for it to "
+                f"finish, or point this run at another directory"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv[:4])})".encode(), 0)
         yield
     finally:
-        os.close(fd)       # releases the lock
+        os.close(fd)  # releases the lock

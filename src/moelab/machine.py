@@ -2,6 +2,7 @@
 cores and threads, torch version, accelerator). Cheap (no torch import), so the always-run
 `machine` stage costs a fraction of a second, and its output only changes when the machine does;
 the benchmark stage depends on it instead of being always_changed."""
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,13 @@ def cpu_model() -> str:
 def accelerators() -> list[str]:
     """GPU names from nvidia-smi, when there is one (torch is not imported to ask)."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
@@ -37,9 +43,16 @@ def fingerprint() -> dict:
     except metadata.PackageNotFoundError:
         torch_version = None
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_model(), "machine": platform.machine(), "logical_cpus": os.cpu_count(),
-            "usable_cpus": affinity, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "torch": torch_version, "accelerators": accelerators(), "python": platform.python_version()}
+    return {
+        "cpu": cpu_model(),
+        "machine": platform.machine(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": affinity,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch_version,
+        "accelerators": accelerators(),
+        "python": platform.python_version(),
+    }
 
 
 def add_arguments(p) -> None:
@@ -48,9 +61,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> None:
     import json
+
     from .io import atomic_write_text
+
     text = json.dumps(fingerprint(), indent=2) + "\n"
     path = Path(args.out)
-    if not path.exists() or path.read_text() != text:      # unchanged machine: the file is not touched
+    if not path.exists() or path.read_text() != text:  # unchanged machine: the file is not touched
         atomic_write_text(path, text)
-    print(f"machine: {json.loads(text)['cpu']}, {json.loads(text)['usable_cpus']} CPUs, torch {json.loads(text)['torch']}")
+    print(
+        f"machine: {json.loads(text)['cpu']}, {json.loads(text)['usable_cpus']} CPUs, torch {json.loads(text)['torch']}"
+    )

@@ -4,20 +4,38 @@ TRAIN_CODE lists the parts of the package that training and evaluation import (a
 list against the real import graph and against dvc.yaml's deps). A checkpoint records the hash of
 that code, so a run resumes only on the code that started it.
 """
+
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 
 # package-relative paths whose code the train and evaluate stages run
-TRAIN_CODE = ("__init__.py", "__main__.py", "cli.py", "errors.py", "io.py", "cpu.py", "checkpoint.py", "flops.py",
-              "provenance.py", "locking.py", "config", "moe", "models", "tasks", "data", "train", "evaluate.py")
+TRAIN_CODE = (
+    "__init__.py",
+    "__main__.py",
+    "cli.py",
+    "errors.py",
+    "io.py",
+    "cpu.py",
+    "checkpoint.py",
+    "flops.py",
+    "provenance.py",
+    "locking.py",
+    "config",
+    "moe",
+    "models",
+    "tasks",
+    "data",
+    "train",
+    "evaluate.py",
+)
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_hash(parts: tuple[str, ...] = TRAIN_CODE) -> str:
     """sha256 over the (path, content) of every .py file under `parts` (bytecode and caches excluded)."""
     digest = hashlib.sha256()

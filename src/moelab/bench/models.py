@@ -3,6 +3,7 @@ routing, and counted by torch's FlopCounterMode), forward and training-step late
 peak memory. `moelab bench` runs it for every cell of the study (and the layer micro-benchmark of
 layerbench.py); `moelab benchmark` for one variant.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,9 @@ import math
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -100,9 +101,12 @@ def _vm_hwm_kib() -> float | None:
 
 def environment(device: torch.device, dtype: torch.dtype) -> dict:
     """What the timings depend on (package versions are added by write_metrics)."""
-    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "dtype": str(dtype).removeprefix("torch."), "threads": torch.get_num_threads(),
-            "malloc_tuned": malloc_tuned()}
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "malloc_tuned": malloc_tuned(),
+    }
 
 
 # ------------------------------------------------------------------ one variant
@@ -135,7 +139,7 @@ def measure(run: RunConfig, data_dir: str | Path, bp: BenchmarkParams) -> dict:
     with torch.no_grad():
         counted = counted_flops(lambda: model.loss(batch)) / tokens
 
-    model.record_routing_stats(False)           # as in training: no statistics in the timed loops
+    model.record_routing_stats(False)  # as in training: no statistics in the timed loops
     with PeakMemory(device) as peak:
         with torch.no_grad():
             forward = time_it(lambda: model.loss(batch), bp.warmup, bp.repeats, device)
@@ -145,23 +149,28 @@ def measure(run: RunConfig, data_dir: str | Path, bp: BenchmarkParams) -> dict:
             model.zero_grad(set_to_none=True)
             loss, _ = model.loss(batch)
             (loss + model.balancing_loss()).backward()
+
         train = time_it(train_step, bp.warmup, bp.repeats, device)
 
     return {
         **parameter_counts(model, realised or []),
-        "flops_per_token": task.batch_flops_per_token(batch, None)["total"],     # at k (all E for soft)
+        "flops_per_token": task.batch_flops_per_token(batch, None)["total"],  # at k (all E for soft)
         "flops_per_token_realised": analytic["total"],
         "flops_per_token_counted": counted,
         "flops_analytic_over_counted": analytic["total"] / counted,
         "flops_breakdown": {k: v for k, v in analytic.items() if k != "total"},
         "experts_per_token": realised or [],
         "moe_blocks": len(realised or []),
-        "forward_ms": forward.median_ms, "forward_p90_ms": forward.p90_ms,
-        "train_step_ms": train.median_ms, "train_step_p90_ms": train.p90_ms,
+        "forward_ms": forward.median_ms,
+        "forward_p90_ms": forward.p90_ms,
+        "train_step_ms": train.median_ms,
+        "train_step_p90_ms": train.p90_ms,
         "forward_tokens_per_s": tokens / (forward.median_ms / 1e3),
         "train_tokens_per_s": tokens / (train.median_ms / 1e3),
-        "peak_memory_mib": peak.mib, "peak_memory_kind": peak.kind,
-        "batch_tokens": tokens, "repeats": bp.repeats,
+        "peak_memory_mib": peak.mib,
+        "peak_memory_kind": peak.kind,
+        "batch_tokens": tokens,
+        "repeats": bp.repeats,
         **environment(device, next(model.parameters()).dtype),
     }
 
@@ -178,16 +187,20 @@ def study_runs(params: Params, tasks: list[str] | None = None) -> list[RunConfig
     seed = params.seeds[0]
     runs = []
     for task in tasks or params.tasks:
-        runs += [resolve_run(params, task=t, router=r, gate=g, model=m, seed=seed)
-                 for t, r, g, m in study_cells(params, [task])]
+        runs += [
+            resolve_run(params, task=t, router=r, gate=g, model=m, seed=seed)
+            for t, r, g, m in study_cells(params, [task])
+        ]
         runs.append(resolve_run(params, task=task, dense=True, seed=seed))
     return runs
 
 
-def bench_study(params: Params, data_root: str | Path, out_dir: str | Path, tasks: list[str] | None = None,
-                progress: bool = True) -> list[dict]:
+def bench_study(
+    params: Params, data_root: str | Path, out_dir: str | Path, tasks: list[str] | None = None, progress: bool = True
+) -> list[dict]:
     """measure() every study variant; writes <out_dir>/<task>/<variant>.json, returns the rows."""
     from tqdm.auto import tqdm
+
     rows = []
     runs = study_runs(params, tasks)
     for run in tqdm(runs, desc="bench variants", disable=not progress):
@@ -197,15 +210,22 @@ def bench_study(params: Params, data_root: str | Path, out_dir: str | Path, task
     return rows
 
 
-MODEL_COLUMNS = [   # (key, header, format)
-    ("params_total", "params", "{:,.0f}"), ("params_active", "active", "{:,.0f}"),
+MODEL_COLUMNS = [  # (key, header, format)
+    ("params_total", "params", "{:,.0f}"),
+    ("params_active", "active", "{:,.0f}"),
     ("experts_per_token", "experts/token", None),
     ("flops_per_token_realised", "FLOPs/token", "{:.3g}"),
-    ("attention", "attn", "{:.3g}"), ("router", "router", "{:.3g}"), ("experts", "experts", "{:.3g}"),
-    ("dense_ffn", "dense FFN", "{:.3g}"), ("head", "head", "{:.3g}"),
-    ("flops_per_token_counted", "counted", "{:.3g}"), ("flops_analytic_over_counted", "analytic/counted", "{:.4f}"),
-    ("forward_ms", "fwd ms (p90)", None), ("train_step_ms", "fwd+bwd ms (p90)", None),
-    ("forward_tokens_per_s", "infer tok/s", "{:,.0f}"), ("train_tokens_per_s", "train tok/s", "{:,.0f}"),
+    ("attention", "attn", "{:.3g}"),
+    ("router", "router", "{:.3g}"),
+    ("experts", "experts", "{:.3g}"),
+    ("dense_ffn", "dense FFN", "{:.3g}"),
+    ("head", "head", "{:.3g}"),
+    ("flops_per_token_counted", "counted", "{:.3g}"),
+    ("flops_analytic_over_counted", "analytic/counted", "{:.4f}"),
+    ("forward_ms", "fwd ms (p90)", None),
+    ("train_step_ms", "fwd+bwd ms (p90)", None),
+    ("forward_tokens_per_s", "infer tok/s", "{:,.0f}"),
+    ("train_tokens_per_s", "train tok/s", "{:,.0f}"),
     ("peak_memory_mib", "peak MiB", "{:.0f}"),
 ]
 

@@ -1,4 +1,5 @@
 """Command-line flags that name one cell of the study (shared by train, evaluate and benchmark)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,11 @@ def add_cell_arguments(p: argparse.ArgumentParser, seeds: bool = True) -> None:
     p.add_argument("--model", help="a model-size preset of the task")
     p.add_argument("--seed", type=int)
     if seeds:
-        p.add_argument("--all-seeds", action="store_true",
-                       help="every seed of params.yaml `seeds`, each in <dir>/s<seed> (the study's stages)")
+        p.add_argument(
+            "--all-seeds",
+            action="store_true",
+            help="every seed of params.yaml `seeds`, each in <dir>/s<seed> (the study's stages)",
+        )
     p.add_argument("--dense", action="store_true", help="the dense baseline instead of an MoE")
     p.add_argument("--params", default="params.yaml")
 
@@ -26,5 +30,9 @@ def runs_from_args(args) -> tuple[Params, list[RunConfig]]:
     """The run(s) the flags name: one, or one per seed with --all-seeds. Validates params first."""
     params = load_params(args.params)
     seeds = params.seeds if getattr(args, "all_seeds", False) else [args.seed]
-    return params, [resolve_run(params, task=args.task, router=args.router, gate=args.gate, model=args.model,
-                                seed=seed, dense=args.dense) for seed in seeds]
+    return params, [
+        resolve_run(
+            params, task=args.task, router=args.router, gate=args.gate, model=args.model, seed=seed, dense=args.dense
+        )
+        for seed in seeds
+    ]

@@ -2,6 +2,7 @@
 work: an unknown key, a wrong type, a value outside its declared range or a study cell that cannot
 be built raises ConfigError with one line naming the key, the value and what is allowed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,9 +25,12 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
-               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
+    re.compile(
+        r"^[-+]?(?:(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -45,6 +49,7 @@ def read_yaml(path: str | Path) -> dict:
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read, type-check and validate params.yaml (every study cell is resolved once)."""
     from .resolve import validate
+
     params = build_params(read_yaml(path))
     validate(params)
     return params
@@ -52,6 +57,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 
 def build_params(raw: dict) -> Params:
     from ..tasks import TASKS
+
     fixed = {f.name for f in dataclasses.fields(Params)} - {"task_sections"}
     sections = {}
     for key in list(raw):
@@ -59,13 +65,20 @@ def build_params(raw: dict) -> Params:
             continue
         if key not in TASKS.classes:
             hint = difflib.get_close_matches(str(key), [*fixed, *TASKS.names()], n=1)
-            raise ConfigError(f"params.yaml: unknown key {key!r}{_did(hint)}; allowed keys here: "
-                              f"{', '.join(sorted(fixed))}, and a section per task ({', '.join(TASKS.names())})")
+            raise ConfigError(
+                f"params.yaml: unknown key {key!r}{_did(hint)}; allowed keys here: "
+                f"{', '.join(sorted(fixed))}, and a section per task ({', '.join(TASKS.names())})"
+            )
         task_cls = TASKS.classes[key]
         schema = dataclasses.make_dataclass(
-            f"{key}_params", [("data", task_cls.data_params), ("models", dict[str, _preset_type()]),
-                              ("train", _train_type()),
-                              ("evaluate", task_cls.eval_params, dataclasses.field(default_factory=task_cls.eval_params))])
+            f"{key}_params",
+            [
+                ("data", task_cls.data_params),
+                ("models", dict[str, _preset_type()]),
+                ("train", _train_type()),
+                ("evaluate", task_cls.eval_params, dataclasses.field(default_factory=task_cls.eval_params)),
+            ],
+        )
         built = build(schema, raw[key], key)
         sections[key] = TaskParams(built.data, built.models, built.train, built.evaluate)
     params = build(Params, {k: v for k, v in raw.items() if k in fixed}, "")
@@ -74,11 +87,13 @@ def build_params(raw: dict) -> Params:
 
 def _preset_type():
     from .schema import ModelPreset
+
     return ModelPreset
 
 
 def _train_type():
     from .schema import TrainConfig
+
     return TrainConfig
 
 
@@ -98,8 +113,9 @@ def build(cls, data, path: str):
     for key in data:
         if key not in fields:
             hint = difflib.get_close_matches(str(key), fields, n=1)
-            raise ConfigError(f"params.yaml: unknown key {_join(path, key)!r}{_did(hint)}; "
-                              f"allowed keys here: {', '.join(fields)}")
+            raise ConfigError(
+                f"params.yaml: unknown key {_join(path, key)!r}{_did(hint)}; allowed keys here: {', '.join(fields)}"
+            )
     values = {}
     for name, f in fields.items():
         key = _join(path, name)
@@ -166,5 +182,7 @@ def _scalar(tp, value, path: str):
 def check_name(key: str, value: str) -> None:
     """Names that become paths and shell words: letters, digits, '.', '_', '-' (no spaces, ';', '$'...)."""
     if not isinstance(value, str) or not re.match(SAFE_NAME, value):
-        raise ConfigError(f"params.yaml: {key} = {value!r} is not allowed; allowed: a name of letters, digits, "
-                          "'.', '_' and '-' that starts with a letter or digit")
+        raise ConfigError(
+            f"params.yaml: {key} = {value!r} is not allowed; allowed: a name of letters, digits, "
+            "'.', '_' and '-' that starts with a letter or digit"
+        )

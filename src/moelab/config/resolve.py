@@ -2,6 +2,7 @@
 dense baseline). A model gets a ModelConfig, the training loop a TrainConfig; nothing downstream
 reads params.yaml.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,18 +15,19 @@ from ..moe import InitConfig, MoEConfig, OptionError
 from .load import check_name
 from .schema import DataParams, EvalParams, ModelPreset, Params, TaskParams, TrainConfig
 
-GATE_CORE = ("norm", "top_k")          # a gate preset's own keys; the rest are MoE option overrides
+GATE_CORE = ("norm", "top_k")  # a gate preset's own keys; the rest are MoE option overrides
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """What a model is built from: sizes, the MoE layer (None: dense baseline), initialisation."""
+
     d_model: int
     n_layers: int
     n_heads: int
-    dense_d_ff: int                # width of every dense FFN (non-MoE blocks; the dense baseline)
-    moe: MoEConfig | None          # the MoE FFN (the task derives causal variants from it)
-    moe_every: int = 1             # MoE FFN in blocks moe_every-1, 2*moe_every-1, ... (0: none)
+    dense_d_ff: int  # width of every dense FFN (non-MoE blocks; the dense baseline)
+    moe: MoEConfig | None  # the MoE FFN (the task derives causal variants from it)
+    moe_every: int = 1  # MoE FFN in blocks moe_every-1, 2*moe_every-1, ... (0: none)
     dropout: float = 0.0
     activation: str = "gelu"
     pretrained: str | None = None
@@ -40,10 +42,11 @@ class ModelConfig:
 @dataclass(frozen=True)
 class RunConfig:
     """Everything one training/evaluation run needs, fully resolved."""
+
     task: str
-    name: str                      # variant name, e.g. attention-sparsemax-e16 or dense
-    gating: str                    # router-gate, e.g. attention-sparsemax, or dense
-    preset: str                    # model-size preset name (for dense: the preset it matches)
+    name: str  # variant name, e.g. attention-sparsemax-e16 or dense
+    gating: str  # router-gate, e.g. attention-sparsemax, or dense
+    preset: str  # model-size preset name (for dense: the preset it matches)
     seed: int
     model: ModelConfig
     data: DataParams
@@ -63,9 +66,18 @@ def gate_name(params: Params, norm: str, top_k: int) -> str:
     return f"{norm}-top{top_k}" if top_k else f"{norm}-soft"
 
 
-def resolve_run(params: Params, *, task: str | None = None, router: str | None = None,
-                gate: str | None = None, norm: str | None = None, top_k: int | None = None,
-                model: str | None = None, seed: int | None = None, dense: bool = False) -> RunConfig:
+def resolve_run(
+    params: Params,
+    *,
+    task: str | None = None,
+    router: str | None = None,
+    gate: str | None = None,
+    norm: str | None = None,
+    top_k: int | None = None,
+    model: str | None = None,
+    seed: int | None = None,
+    dense: bool = False,
+) -> RunConfig:
     """Resolve one run. Unset arguments fall back to the scalar experiment keys of params.yaml."""
     task = task or params.task
     section = task_params(params, task)
@@ -74,8 +86,20 @@ def resolve_run(params: Params, *, task: str | None = None, router: str | None =
     if dense:
         preset = _preset(section, params.dense.model, task, "dense.model")
         model_cfg = _model_config(preset, None, params.dense.top_k * preset.d_ff, init)
-        return _checked(RunConfig(task, "dense", "dense", params.dense.model, seed, model_cfg, section.data,
-                                  section.train, section.evaluate), None)
+        return _checked(
+            RunConfig(
+                task,
+                "dense",
+                "dense",
+                params.dense.model,
+                seed,
+                model_cfg,
+                section.data,
+                section.train,
+                section.evaluate,
+            ),
+            None,
+        )
     router = router or params.router
     overrides: dict[str, Any] = {}
     if gate is not None:
@@ -89,25 +113,52 @@ def resolve_run(params: Params, *, task: str | None = None, router: str | None =
     preset = _preset(section, model, task, "model")
     where = _KeyMap(task, model, gate, overrides)
     try:
-        moe = MoEConfig(d_model=preset.d_model, d_ff=preset.d_ff, n_experts=preset.n_experts, router=router,
-                        norm=norm, top_k=top_k, activation=preset.activation,
-                        options={**params.moe, **overrides})
+        moe = MoEConfig(
+            d_model=preset.d_model,
+            d_ff=preset.d_ff,
+            n_experts=preset.n_experts,
+            router=router,
+            norm=norm,
+            top_k=top_k,
+            activation=preset.activation,
+            options={**params.moe, **overrides},
+        )
     except OptionError as err:
         raise where.error(err) from None
     gating = f"{router}-{gate or gate_name(params, norm, top_k)}"
-    run = RunConfig(task, f"{gating}-{model}", gating, model, seed, _model_config(preset, moe, preset.d_ff, init),
-                    section.data, section.train, section.evaluate)
+    run = RunConfig(
+        task,
+        f"{gating}-{model}",
+        gating,
+        model,
+        seed,
+        _model_config(preset, moe, preset.d_ff, init),
+        section.data,
+        section.train,
+        section.evaluate,
+    )
     return _checked(run, where)
 
 
 def _model_config(preset: ModelPreset, moe: MoEConfig | None, dense_d_ff: int, init: InitConfig) -> ModelConfig:
-    return ModelConfig(preset.d_model, preset.n_layers, preset.n_heads, dense_d_ff, moe, preset.moe_every,
-                       preset.dropout, preset.activation, preset.pretrained, init)
+    return ModelConfig(
+        preset.d_model,
+        preset.n_layers,
+        preset.n_heads,
+        dense_d_ff,
+        moe,
+        preset.moe_every,
+        preset.dropout,
+        preset.activation,
+        preset.pretrained,
+        init,
+    )
 
 
-def _checked(run: RunConfig, where: "_KeyMap | None") -> RunConfig:
+def _checked(run: RunConfig, where: _KeyMap | None) -> RunConfig:
     """Let the task validate the MoE layers it will build (e.g. causal ones) and its own settings."""
     from ..tasks import TASKS
+
     try:
         TASKS.get(run.task).check_run(run)
     except OptionError as err:
@@ -135,12 +186,14 @@ class _KeyMap:
 
     def error(self, err: OptionError) -> ConfigError:
         where = f" (task {self.task})" if err.key not in ("router",) else ""
-        return ConfigError(f"params.yaml: {self.key(err.key)} = {err.value!r} is not allowed{where}; "
-                           f"allowed: {err.allowed}")
+        return ConfigError(
+            f"params.yaml: {self.key(err.key)} = {err.value!r} is not allowed{where}; allowed: {err.allowed}"
+        )
 
 
 def task_params(params: Params, task: str) -> TaskParams:
     from ..tasks import TASKS
+
     _check_choice("task", task, tuple(TASKS.names()))
     section = params.task_sections.get(task)
     if section is None:
@@ -150,8 +203,10 @@ def task_params(params: Params, task: str) -> TaskParams:
 
 def _preset(section: TaskParams, model: str, task: str, key: str) -> ModelPreset:
     if model not in section.models:
-        raise ConfigError(f"params.yaml: {key} = {model!r} is not a model preset of task {task!r}; "
-                          f"allowed: {', '.join(section.models)} (define more under {task}.models)")
+        raise ConfigError(
+            f"params.yaml: {key} = {model!r} is not a model preset of task {task!r}; "
+            f"allowed: {', '.join(section.models)} (define more under {task}.models)"
+        )
     return section.models[model]
 
 
@@ -160,26 +215,31 @@ def _check_choice(key: str, value, allowed: tuple, key_hint: str | None = None) 
         hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
         did = f" (did you mean {hint[0]!r}?)" if hint else ""
         extra = f" (defined under {key_hint})" if key_hint else ""
-        raise ConfigError(f"params.yaml: {key} = {value!r} is not allowed{did}; "
-                          f"allowed: {', '.join(map(str, allowed))}{extra}")
+        raise ConfigError(
+            f"params.yaml: {key} = {value!r} is not allowed{did}; allowed: {', '.join(map(str, allowed))}{extra}"
+        )
 
 
 def _check_option_keys(where: str, options: dict, extra: tuple = ()) -> None:
     from ..moe import all_params
+
     known = [*extra, *all_params()]
     for key in options:
         if key not in known:
             hint = difflib.get_close_matches(str(key), known, n=1)
             did = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise ConfigError(f"params.yaml: unknown key '{where}.{key}'{did}; allowed keys here: {', '.join(known)} "
-                              "(each MoE option is declared by its component: `moelab check --list`)")
+            raise ConfigError(
+                f"params.yaml: unknown key '{where}.{key}'{did}; allowed keys here: {', '.join(known)} "
+                "(each MoE option is declared by its component: `moelab check --list`)"
+            )
 
 
 # ---------------------------------------------------------------- the whole file
 def study_cells(params: Params, tasks: list[str] | None = None) -> list[tuple[str, str, str, str]]:
     """(task, router, gate, model) of every MoE variant of the study."""
-    return [(t, r, g, m) for t in tasks or params.tasks for r in params.routers for g in params.gates
-            for m in params.models]
+    return [
+        (t, r, g, m) for t in tasks or params.tasks for r in params.routers for g in params.gates for m in params.models
+    ]
 
 
 def validate(params: Params) -> None:
@@ -187,6 +247,7 @@ def validate(params: Params) -> None:
     from ..moe.normalisers import NORMALISERS
     from ..moe.routers import ROUTERS
     from ..tasks import TASKS
+
     _check_choice("task", params.task, tuple(TASKS.names()))
     _check_choice("router", params.router, tuple(ROUTERS.names()))
     _check_choice("norm", params.norm, tuple(NORMALISERS.names()))
@@ -199,18 +260,23 @@ def validate(params: Params) -> None:
         for core in GATE_CORE:
             if core not in gate:
                 raise ConfigError(f"params.yaml: gate_presets.{name} needs `{core}:` (a gate is a normaliser + k)")
-        _check_option_keys(f"gate_presets.{name}", {k: v for k, v in gate.items() if k not in GATE_CORE},
-                           extra=GATE_CORE)
+        _check_option_keys(
+            f"gate_presets.{name}", {k: v for k, v in gate.items() if k not in GATE_CORE}, extra=GATE_CORE
+        )
     for task, section in params.task_sections.items():
         for name, preset in section.models.items():
             check_name(f"{task}.models.{name}", name)
             if preset.d_model % preset.n_heads:
-                raise ConfigError(f"params.yaml: {task}.models.{name}.n_heads = {preset.n_heads} is not allowed; "
-                                  f"allowed: a divisor of d_model = {preset.d_model}")
+                raise ConfigError(
+                    f"params.yaml: {task}.models.{name}.n_heads = {preset.n_heads} is not allowed; "
+                    f"allowed: a divisor of d_model = {preset.d_model}"
+                )
         data = section.data
         if data.val_frac + data.test_frac >= 1:
-            raise ConfigError(f"params.yaml: {task}.data.val_frac + test_frac = {data.val_frac + data.test_frac} "
-                              "is not allowed; allowed: < 1 (the training split needs documents)")
+            raise ConfigError(
+                f"params.yaml: {task}.data.val_frac + test_frac = {data.val_frac + data.test_frac} "
+                "is not allowed; allowed: < 1 (the training split needs documents)"
+            )
         TASKS.get(task).check_params(section, task)
     for t in params.tasks:
         _check_choice("tasks", t, tuple(TASKS.names()))
@@ -227,6 +293,8 @@ def validate(params: Params) -> None:
     for task in params.tasks:
         resolve_run(params, task=task, dense=True)
     if params.benchmark.layer.top_k > params.benchmark.layer.n_experts:
-        raise ConfigError(f"params.yaml: benchmark.layer.top_k = {params.benchmark.layer.top_k} is not allowed; "
-                          f"allowed: 1..{params.benchmark.layer.n_experts} (benchmark.layer.n_experts)")
+        raise ConfigError(
+            f"params.yaml: benchmark.layer.top_k = {params.benchmark.layer.top_k} is not allowed; "
+            f"allowed: 1..{params.benchmark.layer.n_experts} (benchmark.layer.n_experts)"
+        )
     _check_choice("benchmark.layer.dtype", params.benchmark.layer.dtype, ("auto", "float32", "bfloat16"))

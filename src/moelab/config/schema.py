@@ -3,18 +3,20 @@
 the key, the value and what is allowed. Task-specific data/evaluate fields live in each task's file
 (subclasses of DataParams / EvalParams below).
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
-SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"    # names that end up in paths and shell commands
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # names that end up in paths and shell commands
 
 
 @dataclass(frozen=True)
 class Allowed:
     """An allowed range: lo <= v (or lo < v), v <= hi (or v < hi); finite numbers only."""
+
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False
@@ -64,6 +66,7 @@ def positive(default: Any = ..., note=""):
 @dataclass(frozen=True)
 class ModelPreset:
     """A model size of a task (`<task>.models.<name>`)."""
+
     d_model: int = at_least(1)
     n_layers: int = at_least(1)
     n_heads: int = at_least(1)
@@ -72,12 +75,13 @@ class ModelPreset:
     moe_every: int = at_least(0, default=1, note="MoE FFN in every moe_every-th block; 0: none")
     dropout: float = allowed(0, 1, hi_open=True, default=0.0)
     activation: str = "gelu"
-    pretrained: str | None = None   # HF name or local dir (summarization); None: from scratch
+    pretrained: str | None = None  # HF name or local dir (summarization); None: from scratch
 
 
 @dataclass(frozen=True)
 class InitParams:
     """Switch init (truncated normal, std = sqrt(scale / fan_in)); see moe/init.py."""
+
     ffn_scale: float = positive(default=0.1)
     router_scale: float = positive(default=0.1)
     projection_scale: float = positive(default=0.1)
@@ -88,6 +92,7 @@ class InitParams:
 class DenseParams:
     """The dense baseline: one FFN of width top_k * expert d_ff, so it spends the same active FLOPs
     per token as a top-k MoE of preset `model`."""
+
     model: str = "e8"
     top_k: int = at_least(1, default=2)
 
@@ -96,6 +101,7 @@ class DenseParams:
 @dataclass(frozen=True)
 class DataParams:
     """Shared by every task; each task subclasses it with its own columns and lengths."""
+
     source: str = ""
     vocab_size: int = at_least(16, default=2048)
     max_records: int | None = at_least(1, default=None)
@@ -106,6 +112,7 @@ class DataParams:
 @dataclass(frozen=True)
 class TrainConfig:
     """What the training loop reads (`<task>.train`)."""
+
     steps: int = at_least(1)
     batch_size: int = at_least(1)
     lr: float = positive()
@@ -122,6 +129,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalParams:
     """Shared by every task; each task subclasses it with its own decoding/sampling fields."""
+
     batch_size: int = at_least(1, default=32)
     max_batches: int | None = at_least(1, default=None, note="null: the whole split")
     samples: int = at_least(0, default=3)
@@ -139,12 +147,13 @@ class TaskParams:
 @dataclass(frozen=True)
 class LayerBenchParams:
     """The layer micro-benchmark: one MoE layer against a dense FFN of equal active FLOPs."""
+
     tokens: list[int] = field(default_factory=lambda: [512, 16384], metadata={"item_allowed": Allowed(1)})
     d_model: int = at_least(1, default=512)
-    d_ff: int = at_least(1, default=1024)          # per expert; the dense reference has top_k * d_ff
+    d_ff: int = at_least(1, default=1024)  # per expert; the dense reference has top_k * d_ff
     n_experts: int = at_least(1, default=16)
-    top_k: int = at_least(1, default=2)            # HF's Switch layer is top-1 and is compared at top-1 as well
-    dtype: str = "auto"                            # auto: bfloat16 on CUDA, float32 on CPU | float32 | bfloat16
+    top_k: int = at_least(1, default=2)  # HF's Switch layer is top-1 and is compared at top-1 as well
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU | float32 | bfloat16
     warmup: int = at_least(0, default=2)
     repeats: int = at_least(10, default=10, note="a median and a 90th percentile need them")
 
@@ -176,13 +185,13 @@ class Params:
     gates: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list, metadata={"item_allowed": SEED_RANGE.metadata["allowed"]})
-    gate_presets: dict[str, dict[str, Any]] = field(default_factory=dict)   # norm, top_k + MoE option overrides
-    moe: dict[str, Any] = field(default_factory=dict)                       # MoE options (moe/config.py)
+    gate_presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # norm, top_k + MoE option overrides
+    moe: dict[str, Any] = field(default_factory=dict)  # MoE options (moe/config.py)
     init: InitParams = field(default_factory=InitParams)
     dense: DenseParams = field(default_factory=DenseParams)
     benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
-    task_sections: dict[str, TaskParams] = field(default_factory=dict)     # `lm:`, `summarization:`, ...
-    claims: dict[str, Any] | None = None                                    # the claims study (report/claims.py)
+    task_sections: dict[str, TaskParams] = field(default_factory=dict)  # `lm:`, `summarization:`, ...
+    claims: dict[str, Any] | None = None  # the claims study (report/claims.py)
 
     def __getattr__(self, name: str) -> TaskParams:
         """params.lm, params.summarization, ...: a task's section."""

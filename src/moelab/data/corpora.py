@@ -40,16 +40,19 @@ BUNDLED_FILES = {
 WORK_MARKER = "<|endofwork|>"
 SHAKESPEARE_BLOCK_CHARS = 2000
 
-_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet",
-             ".txt": "text"}
+_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 _COMPRESSION_SUFFIXES = (".gz", ".xz", ".bz2", ".zst")
 _SPLIT_PREFIX = re.compile(r"^(train|training|validation|valid|val|dev|test)(?![a-z])")
-_SPLIT_ALIASES = {"train": "train", "training": "train", "validation": "validation",
-                  "valid": "validation", "val": "validation", "dev": "validation",
-                  "test": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+}
 _OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-
-
 
 
 @dataclass
@@ -68,26 +71,39 @@ def corpora_dir() -> Path:
     return Path(os.environ.get("MOELAB_CORPORA") or REPO_DATA)
 
 
-def lm_splits(source: str, *, text_column: str = "text", max_records: int | None = None,
-              seed: int = 0, val_frac: float = 0.05,
-              test_frac: float = 0.05) -> dict[str, list[str]]:
+def lm_splits(
+    source: str,
+    *,
+    text_column: str = "text",
+    max_records: int | None = None,
+    seed: int = 0,
+    val_frac: float = 0.05,
+    test_frac: float = 0.05,
+) -> dict[str, list[str]]:
     """Documents (strings) for language modelling, per split."""
     loaded = _load(source)
     _require_columns(loaded, {"text_column": text_column})
     plan = _plan_splits(loaded, seed, val_frac, test_frac, max_records)
-    splits = {name: [t.strip() for t in _column(table, idx, text_column) if _is_text(t)]
-              for name, (table, idx) in plan.items()}
+    splits = {
+        name: [t.strip() for t in _column(table, idx, text_column) if _is_text(t)]
+        for name, (table, idx) in plan.items()
+    }
     return _check_filled(splits, loaded.origin)
 
 
-def summarization_splits(source: str, *, document_column: str = "document",
-                         summary_column: str = "summary", max_records: int | None = None,
-                         seed: int = 0, val_frac: float = 0.05,
-                         test_frac: float = 0.05) -> dict[str, list[tuple[str, str]]]:
+def summarization_splits(
+    source: str,
+    *,
+    document_column: str = "document",
+    summary_column: str = "summary",
+    max_records: int | None = None,
+    seed: int = 0,
+    val_frac: float = 0.05,
+    test_frac: float = 0.05,
+) -> dict[str, list[tuple[str, str]]]:
     """(document, summary) pairs per split."""
     loaded = _load(source)
-    _require_columns(loaded, {"document_column": document_column,
-                              "summary_column": summary_column})
+    _require_columns(loaded, {"document_column": document_column, "summary_column": summary_column})
     plan = _plan_splits(loaded, seed, val_frac, test_frac, max_records)
     splits = {}
     for name, (table, idx) in plan.items():
@@ -96,10 +112,16 @@ def summarization_splits(source: str, *, document_column: str = "document",
     return _check_filled(splits, loaded.origin)
 
 
-def classification_splits(source: str, *, text_column: str = "text",
-                          label_column: str = "label", max_records: int | None = None,
-                          seed: int = 0, val_frac: float = 0.1, test_frac: float = 0.1
-                          ) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
+def classification_splits(
+    source: str,
+    *,
+    text_column: str = "text",
+    label_column: str = "label",
+    max_records: int | None = None,
+    seed: int = 0,
+    val_frac: float = 0.1,
+    test_frac: float = 0.1,
+) -> tuple[dict[str, list[tuple[str, int]]], list[str]]:
     """(text, label_id) pairs per split, and the sorted label names the ids index."""
     loaded = _load(source)
     _require_columns(loaded, {"text_column": text_column, "label_column": label_column})
@@ -128,21 +150,23 @@ def _load(source: str) -> _Loaded:
     if path.exists():
         return _load_local(path)
     if _looks_like_path(source):
-        raise DataError(f"data file {source} not found; check data.source "
-                        f"(bundled corpora: {', '.join(BUNDLED_FILES)})")
+        raise DataError(
+            f"data file {source} not found; check data.source (bundled corpora: {', '.join(BUNDLED_FILES)})"
+        )
     return _load_hub(source)
 
 
 def _looks_like_path(source: str) -> bool:
-    return (source.startswith(("/", ".", "~")) or "\\" in source
-            or _builder_for(Path(source)) is not None)
+    return source.startswith(("/", ".", "~")) or "\\" in source or _builder_for(Path(source)) is not None
 
 
 def _load_bundled(name: str) -> _Loaded:
     path = corpora_dir() / BUNDLED_FILES[name]
     if not path.is_file():
-        raise DataError(f"bundled corpus file {path} not found; set MOELAB_CORPORA to the "
-                        "directory holding it or run `python scripts/snapshot_corpora.py`")
+        raise DataError(
+            f"bundled corpus file {path} not found; set MOELAB_CORPORA to the "
+            "directory holding it or run `python scripts/snapshot_corpora.py`"
+        )
     fix = "restore it with `git checkout -- data/corpora` or re-run `python scripts/snapshot_corpora.py`"
     try:
         with lzma.open(path, "rt", encoding="utf-8") as handle:
@@ -205,19 +229,18 @@ def _load_local(path: Path) -> _Loaded:
     if path.is_dir():
         files = _directory_files(path)
     elif _builder_for(path) is None:
-        raise DataError(f"data file {path} has an unsupported type; use one of "
-                        f"{', '.join(sorted(_BUILDERS))}")
+        raise DataError(f"data file {path} has an unsupported type; use one of {', '.join(sorted(_BUILDERS))}")
     else:
         files = {"train": [path]}
     for split_files in files.values():
         for file in split_files:
             if _is_blank(file):
-                raise DataError(f"data file {file} is empty; point data.source at a file "
-                                "with records")
+                raise DataError(f"data file {file} is empty; point data.source at a file with records")
     builders = {_builder_for(f) for split_files in files.values() for f in split_files}
     if len(builders) > 1:
-        raise DataError(f"data directory {path} mixes file types ({', '.join(sorted(builders))});"
-                        " keep one format per directory")
+        raise DataError(
+            f"data directory {path} mixes file types ({', '.join(sorted(builders))}); keep one format per directory"
+        )
     origin = f"data {'directory' if path.is_dir() else 'file'} {path}"
     return _Loaded(origin, _read_with_datasets(builders.pop(), files, origin))
 
@@ -231,11 +254,12 @@ def _is_blank(file: Path) -> bool:
 
 def _directory_files(directory: Path) -> dict[str, list[Path]]:
     """Split name -> files; without split-named files every data file is 'train'."""
-    data_files = sorted(f for f in directory.iterdir()
-                        if f.is_file() and _builder_for(f) is not None)
+    data_files = sorted(f for f in directory.iterdir() if f.is_file() and _builder_for(f) is not None)
     if not data_files:
-        raise DataError(f"data directory {directory} holds no .json/.jsonl/.csv/.parquet/.txt "
-                        "files; point data.source at a directory or file with records")
+        raise DataError(
+            f"data directory {directory} holds no .json/.jsonl/.csv/.parquet/.txt "
+            "files; point data.source at a directory or file with records"
+        )
     named: dict[str, list[Path]] = {}
     for file in data_files:
         match = _SPLIT_PREFIX.match(file.name.lower())
@@ -252,14 +276,14 @@ def _read_with_datasets(builder: str, files: dict[str, list[Path]], origin: str)
     try:
         loaded = datasets.load_dataset(builder, data_files=data_files, **options)
     except Exception as exc:
-        raise DataError(f"could not read {origin} as {builder}: {_first_line(exc)}; "
-                        "check the file format") from exc
+        raise DataError(f"could not read {origin} as {builder}: {_first_line(exc)}; check the file format") from exc
     return dict(loaded)
 
 
 def _quiet_datasets():
     """No progress bars or info logs from `datasets` on stderr: an error is then its one `moelab` line."""
     import datasets
+
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     return datasets
@@ -276,15 +300,19 @@ def _load_hub(name: str) -> _Loaded:
                 f"cannot reach Hugging Face hub for '{name}' (offline?): download it once with "
                 f"network (`python -c \"import datasets; datasets.load_dataset('{name}')\"`) so "
                 "it is in the HF cache, set HF_DATASETS_OFFLINE=1, or point data.source at a "
-                "local copy (json/jsonl/csv/parquet)") from exc
-        raise DataError(f"could not load Hugging Face dataset '{name}' ({_first_line(exc)}); "
-                        "check the name or point data.source at a local copy "
-                        "(json/jsonl/csv/parquet)") from exc
-    tables = {_SPLIT_ALIASES[split]: table for split, table in loaded.items()
-              if split in _SPLIT_ALIASES}
+                "local copy (json/jsonl/csv/parquet)"
+            ) from exc
+        raise DataError(
+            f"could not load Hugging Face dataset '{name}' ({_first_line(exc)}); "
+            "check the name or point data.source at a local copy "
+            "(json/jsonl/csv/parquet)"
+        ) from exc
+    tables = {_SPLIT_ALIASES[split]: table for split, table in loaded.items() if split in _SPLIT_ALIASES}
     if "train" not in tables:
-        raise DataError(f"Hugging Face dataset '{name}' has no train split (found: "
-                        f"{', '.join(loaded)}); point data.source at a local copy instead")
+        raise DataError(
+            f"Hugging Face dataset '{name}' has no train split (found: "
+            f"{', '.join(loaded)}); point data.source at a local copy instead"
+        )
     return _Loaded(f"Hugging Face dataset '{name}'", tables)
 
 
@@ -293,8 +321,7 @@ def _is_offline_error(exc: BaseException) -> bool:
         return True
     while exc is not None:
         names = {cls.__name__ for cls in type(exc).__mro__}
-        if names & {"ConnectionError", "TimeoutError", "OfflineModeIsEnabled",
-                    "LocalEntryNotFoundError"}:
+        if names & {"ConnectionError", "TimeoutError", "OfflineModeIsEnabled", "LocalEntryNotFoundError"}:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
@@ -319,19 +346,22 @@ def _require_columns(loaded: _Loaded, params: dict[str, str]) -> None:
     """Raise DataError naming missing columns, the columns found and the params to set."""
     for split, table in loaded.tables.items():
         if len(table) == 0:
-            raise DataError(f"{loaded.origin} has no records in its {split} split; "
-                            "point data.source at a non-empty dataset")
+            raise DataError(
+                f"{loaded.origin} has no records in its {split} split; point data.source at a non-empty dataset"
+            )
         found = _column_names(table)
         missing = {key: col for key, col in params.items() if col not in found}
         if missing:
             raise DataError(
                 f"{loaded.origin} has no column {' / '.join(map(repr, missing.values()))} "
                 f"(found: {', '.join(found)}); set "
-                f"{' / '.join('data.' + key for key in missing)} to one of the found columns")
+                f"{' / '.join('data.' + key for key in missing)} to one of the found columns"
+            )
 
 
-def _plan_splits(loaded: _Loaded, seed: int, val_frac: float, test_frac: float,
-                 max_records: int | None) -> dict[str, tuple[Any, list[int]]]:
+def _plan_splits(
+    loaded: _Loaded, seed: int, val_frac: float, test_frac: float, max_records: int | None
+) -> dict[str, tuple[Any, list[int]]]:
     """Split name -> (table, row indices): given splits shuffled, missing ones carved from train."""
     if max_records is not None and (not isinstance(max_records, int) or max_records < 1):
         raise DataError(f"data.max_records must be a positive integer or null, got {max_records!r}")
@@ -345,11 +375,13 @@ def _plan_splits(loaded: _Loaded, seed: int, val_frac: float, test_frac: float,
             plan[split] = (tables[split], _permutation(len(tables[split]), seed))
         else:
             size = _carve_size(len(train), fractions[split], split, loaded.origin)
-            plan[split] = (train, order[start:start + size])
+            plan[split] = (train, order[start : start + size])
             start += size
     if start >= len(train):
-        raise DataError(f"{loaded.origin} has only {len(train)} record(s), too few to carve "
-                        "validation and test splits; add records or provide split files")
+        raise DataError(
+            f"{loaded.origin} has only {len(train)} record(s), too few to carve "
+            "validation and test splits; add records or provide split files"
+        )
     plan["train"] = (train, order[start:])
     return {split: (plan[split][0], plan[split][1][:max_records]) for split in SPLITS}
 
@@ -357,8 +389,7 @@ def _plan_splits(loaded: _Loaded, seed: int, val_frac: float, test_frac: float,
 def _carve_size(n: int, frac: float, split: str, origin: str) -> int:
     key = "val_frac" if split == "validation" else "test_frac"
     if not 0 < frac < 1:
-        raise DataError(f"{origin} has no {split} split, so data.{key} must be between 0 and 1 "
-                        f"(got {frac!r})")
+        raise DataError(f"{origin} has no {split} split, so data.{key} must be between 0 and 1 (got {frac!r})")
     return max(1, round(n * frac))
 
 
@@ -395,7 +426,8 @@ def _is_text(value: Any) -> bool:
 def _check_filled(splits: dict[str, list], origin: str) -> dict[str, list]:
     for split, records in splits.items():
         if not records:
-            raise DataError(f"{origin} gives no usable records for the {split} split "
-                            "(empty or missing values); check the data and column settings")
+            raise DataError(
+                f"{origin} gives no usable records for the {split} split "
+                "(empty or missing values); check the data and column settings"
+            )
     return splits
-

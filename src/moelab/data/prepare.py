@@ -5,6 +5,7 @@ files go to a temporary directory beside the target, a manifest with the tokeniz
 written last, and the directory is renamed into place. A killed prepare leaves the old data intact
 (and a stale temp dir that the next run removes), never a new tokenizer next to old token ids.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,7 +39,7 @@ def load_array(path: Path, redo: str) -> np.ndarray:
         raise DataError(f"{path} not found (data not prepared): {redo}")
     try:
         return np.load(path, allow_pickle=False)
-    except Exception as err:   # noqa: BLE001 - truncated, not .npy, or an object array
+    except Exception as err:  # noqa: BLE001 - truncated, not .npy, or an object array
         raise DataError(f"{path} is not a readable array ({' '.join(str(err).split())[:120]}): {redo}") from None
 
 
@@ -61,38 +62,44 @@ def load_ragged_npz(path: Path, redo: str) -> dict[str, list | np.ndarray]:
                 name, offsets = key[:-4], arrays[key[:-4] + "_offsets"]
                 if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != len(value) or (np.diff(offsets) < 0).any():
                     raise ValueError(f"offsets of {name} do not cover its ids")
-                out[name] = [value[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+                out[name] = [value[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
             elif not key.endswith("_offsets"):
                 out[key] = value
         return out
-    except Exception as err:   # noqa: BLE001 - truncated zip, missing member, bad offsets
-        raise DataError(f"{path} is not a readable prepared split ({' '.join(str(err).split())[:120]}): {redo}") from None
+    except Exception as err:  # noqa: BLE001 - truncated zip, missing member, bad offsets
+        raise DataError(
+            f"{path} is not a readable prepared split ({' '.join(str(err).split())[:120]}): {redo}"
+        ) from None
 
 
 def check_ids(path: Path, seqs, vocab_size: int, redo: str) -> None:
     """Every token id of a ragged split lies in [0, vocab_size)."""
     for s in seqs:
         if len(s) and (int(s.max()) >= vocab_size or int(s.min()) < 0):
-            raise DataError(f"{path} has token ids outside the tokenizer's vocabulary of {vocab_size}: "
-                            f"the data and tokenizer.json are from different prepare runs; {redo}")
+            raise DataError(
+                f"{path} has token ids outside the tokenizer's vocabulary of {vocab_size}: "
+                f"the data and tokenizer.json are from different prepare runs; {redo}"
+            )
 
 
 def prepare(task: str, data, out: str | Path) -> dict:
     """Prepare `task`'s data into `out` atomically; returns the task's statistics."""
     from ..tasks import TASKS
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = out.parent / f".{out.name}.prepare-old"
-    if old.exists() and not out.exists():      # killed between the two renames of _swap_into_place
+    if old.exists() and not out.exists():  # killed between the two renames of _swap_into_place
         old.rename(out)
-    for stale in out.parent.glob(f".{out.name}.prepare-tmp-*"):     # left by a killed prepare
+    for stale in out.parent.glob(f".{out.name}.prepare-tmp-*"):  # left by a killed prepare
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.prepare-tmp-"))
     try:
         stats = TASKS.get(task, "task").prepare(data, tmp)
         write_json(tmp / "data_params.json", asdict(data))
-        write_json(tmp / MANIFEST, {"task": task, "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"),
-                                    "stats": stats})
+        write_json(
+            tmp / MANIFEST, {"task": task, "tokenizer_sha256": file_sha256(tmp / "tokenizer.json"), "stats": stats}
+        )
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -108,7 +115,7 @@ def _swap_into_place(new: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)
     new.rename(out)
-    out.chmod(default_mode(directory=True))          # mkdtemp made it 0700
+    out.chmod(default_mode(directory=True))  # mkdtemp made it 0700
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -128,10 +135,10 @@ def add_arguments(p) -> None:
 def run(args) -> None:
     from ..config import load_params, task_params
     from ..locking import directory_lock
+
     params = load_params(args.params)
     task = args.task or params.task
     out = Path(args.out or f"data/prepared/{task}")
     with directory_lock(out.parent / f".{out.name}.lockdir", f"prepared data {out}"):
         stats = prepare(task, task_params(params, task).data, out)
     print(f"prepared {task}: {stats}")
-

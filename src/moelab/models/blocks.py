@@ -1,9 +1,10 @@
 """Transformer building blocks shared by the decoder LM and the encoder classifier."""
+
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..moe import InitConfig, MoEConfig, MoELayer
 from ..moe.experts import ACTIVATIONS
@@ -45,9 +46,10 @@ class SelfAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, dh]
         attn_mask = None
         if token_mask is not None and not self.causal:
-            attn_mask = token_mask[:, None, None, :]          # keys that are padding get no attention
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=self.causal,
-                                           dropout_p=self.dropout if self.training else 0.0)
+            attn_mask = token_mask[:, None, None, :]  # keys that are padding get no attention
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.out(y.transpose(1, 2).reshape(b, t, d))
 
 
@@ -70,8 +72,10 @@ class Block(nn.Module):
 def build_blocks(model, moe: MoEConfig | None, causal: bool) -> nn.ModuleList:
     """The blocks of a ModelConfig: an MoE FFN (config `moe`) in every moe_every-th block, dense elsewhere."""
     moe_blocks = set(model.moe_block_indices()) if moe is not None else set()
-    ffns = [MoELayer(moe) if i in moe_blocks else DenseFFN(model.d_model, model.dense_d_ff, model.activation)
-            for i in range(model.n_layers)]
+    ffns = [
+        MoELayer(moe) if i in moe_blocks else DenseFFN(model.d_model, model.dense_d_ff, model.activation)
+        for i in range(model.n_layers)
+    ]
     return nn.ModuleList(Block(model.d_model, model.n_heads, model.dropout, causal, f) for f in ffns)
 
 

@@ -1,9 +1,10 @@
 """Text classifier: a bidirectional MoE encoder, mean pooling over real tokens, a linear head."""
+
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import ModelConfig
 from ..moe.init import switch_init_
@@ -12,7 +13,7 @@ from .blocks import MoEModelMixin, apply_init, build_blocks
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """x: [B, T, d], mask: [B, T] bool -> mean over the True positions [B, d]."""
-    m = mask.unsqueeze(-1).to(x.dtype)                       # [B, T, 1]
+    m = mask.unsqueeze(-1).to(x.dtype)  # [B, T, 1]
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
 

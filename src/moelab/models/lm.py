@@ -1,17 +1,18 @@
 """Decoder-only language model (nanoGPT-shaped) with MoE FFNs. Causal everywhere: attention, and
 routing (the MoE layers get a causal config, see moe/capacity.py), in training, evaluation and
 generation alike."""
+
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from ..config import ModelConfig
 from ..moe import MoEConfig
 from .blocks import MoEModelMixin, apply_init, build_blocks
 
-IGNORE = -100   # target id excluded from the loss (padding)
+IGNORE = -100  # target id excluded from the loss (padding)
 
 
 def causal_moe(model: ModelConfig, max_len: int) -> MoEConfig | None:
@@ -28,7 +29,7 @@ class DecoderLM(nn.Module, MoEModelMixin):
         self.blocks = build_blocks(model, causal_moe(model, max_len), causal=True)
         self.ln_f = nn.LayerNorm(model.d_model)
         self.head = nn.Linear(model.d_model, vocab_size, bias=False)
-        self.head.weight = self.tok_emb.weight          # tied embeddings
+        self.head.weight = self.tok_emb.weight  # tied embeddings
         apply_init(self, model.init)
 
     def forward(self, ids: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -51,12 +52,19 @@ class DecoderLM(nn.Module, MoEModelMixin):
         return ce, {"tokens": n}
 
     @torch.no_grad()
-    def generate(self, ids: torch.Tensor, new_tokens: int, temperature: float = 1.0, sampling_top_k: int = 0,
-                 top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        ids: torch.Tensor,
+        new_tokens: int,
+        temperature: float = 1.0,
+        sampling_top_k: int = 0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Each step re-runs the whole (at most max_len) prefix, so every position is routed exactly as
         in training and perplexity (no cache that would route a token alone)."""
         for _ in range(new_tokens):
-            logits = self.forward(ids[:, -self.max_len:])[:, -1].float()
+            logits = self.forward(ids[:, -self.max_len :])[:, -1].float()
             if temperature <= 0:
                 nxt = logits.argmax(-1, keepdim=True)
             else:
@@ -74,6 +82,6 @@ def filter_logits(logits: torch.Tensor, sampling_top_k: int, top_p: float) -> to
     if top_p < 1.0:
         sorted_logits, order = logits.sort(-1, descending=True)
         cum = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cum - sorted_logits.softmax(-1) >= top_p          # tokens after the nucleus is complete
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # tokens after the nucleus is complete
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return logits

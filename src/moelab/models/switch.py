@@ -7,6 +7,7 @@ checkpoint's expert weights (and, for the linear router, the router weights). Ro
 and balancing then follow the run's MoEConfig; HF's own router losses are never added
 (output_router_logits=False), so the training loss is seq2seq CE + model.balancing_loss().
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -57,6 +58,7 @@ def stack_moe_configs(model: ModelConfig, max_target_len: int, hf_config=None) -
         moe = moe_config_for(hf_config, moe)
     decoder = moe.replace(causal=True, group_len=max_target_len)
     from ..moe.selection import SELECTIONS
+
     if not SELECTIONS.get(moe.selection).is_causal(decoder):
         decoder = decoder.replace(selection="token_choice")
     return moe, decoder
@@ -65,12 +67,15 @@ def stack_moe_configs(model: ModelConfig, max_target_len: int, hf_config=None) -
 def moe_config_for(hf_config, moe: MoEConfig) -> MoEConfig:
     """The run's MoEConfig with the checkpoint's sizes and activation; E must match the checkpoint."""
     if moe.n_experts != hf_config.num_experts:
-        raise ConfigError(f"model preset n_experts = {moe.n_experts} but the Switch checkpoint has "
-                          f"{hf_config.num_experts} experts per MoE layer: set n_experts: {hf_config.num_experts}")
+        raise ConfigError(
+            f"model preset n_experts = {moe.n_experts} but the Switch checkpoint has "
+            f"{hf_config.num_experts} experts per MoE layer: set n_experts: {hf_config.num_experts}"
+        )
     act = HF_ACTIVATIONS.get(hf_config.dense_act_fn)
     if act is None:
-        raise ConfigError(f"Switch dense_act_fn {hf_config.dense_act_fn!r} is not supported; "
-                          f"allowed: {', '.join(HF_ACTIVATIONS)}")
+        raise ConfigError(
+            f"Switch dense_act_fn {hf_config.dense_act_fn!r} is not supported; allowed: {', '.join(HF_ACTIVATIONS)}"
+        )
     return moe.replace(d_model=hf_config.d_model, d_ff=hf_config.d_ff, activation=act)
 
 
@@ -84,14 +89,15 @@ def wrap_sparse_mlp(sparse, cfg: MoEConfig, init: InitConfig | None = None) -> M
         layer.router.reset_parameters(init)
     for e in range(cfg.n_experts):
         hf_expert = sparse.experts[f"expert_{e}"]
-        layer.experts.w_in[e].copy_(hf_expert.wi.weight.T)     # wi.weight: [f, d] -> w_in[e]: [d, f]
-        layer.experts.w_out[e].copy_(hf_expert.wo.weight.T)    # wo.weight: [d, f] -> w_out[e]: [f, d]
+        layer.experts.w_in[e].copy_(hf_expert.wi.weight.T)  # wi.weight: [f, d] -> w_in[e]: [d, f]
+        layer.experts.w_out[e].copy_(hf_expert.wo.weight.T)  # wo.weight: [d, f] -> w_out[e]: [f, d]
     classifier = sparse.router.classifier
     if cfg.router == "linear":
         if classifier.bias is not None:
-            raise ConfigError("the Switch checkpoint's router has a bias (router_bias: true); "
-                              "moelab's linear router has none")
-        layer.router.proj.weight.copy_(classifier.weight)   # [E, d]
+            raise ConfigError(
+                "the Switch checkpoint's router has a bias (router_bias: true); moelab's linear router has none"
+            )
+        layer.router.proj.weight.copy_(classifier.weight)  # [E, d]
     return wrapper.to(classifier.weight.dtype)
 
 
@@ -103,12 +109,13 @@ class DenseFromExperts(nn.Module):
     def __init__(self, sparse, k: int, activation: str):
         super().__init__()
         from .blocks import DenseFFN
+
         experts = [sparse.experts[f"expert_{e}"] for e in range(k)]
         d, f = experts[0].wi.weight.shape[1], experts[0].wi.weight.shape[0]
         self.ffn = DenseFFN(d, k * f, activation)
         with torch.no_grad():
-            self.ffn.w_in.weight.copy_(torch.cat([x.wi.weight for x in experts], 0))        # [k f, d]
-            self.ffn.w_out.weight.copy_(torch.cat([x.wo.weight for x in experts], 1) / k)   # [d, k f]
+            self.ffn.w_in.weight.copy_(torch.cat([x.wi.weight for x in experts], 0))  # [k f, d]
+            self.ffn.w_out.weight.copy_(torch.cat([x.wo.weight for x in experts], 1) / k)  # [d, k f]
         self.to(experts[0].wi.weight.dtype)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -117,6 +124,7 @@ class DenseFromExperts(nn.Module):
 
 def _sparse_mlps(hf_model: nn.Module) -> list[tuple[str, nn.Module]]:
     from transformers.models.switch_transformers.modeling_switch_transformers import SwitchTransformersSparseMLP
+
     return [(name, m) for name, m in hf_model.named_modules() if isinstance(m, SwitchTransformersSparseMLP)]
 
 
@@ -125,8 +133,9 @@ def _replace(hf_model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(hf_model.get_submodule(parent_name), child, module)
 
 
-def swap_sparse_mlps(hf_model: nn.Module, encoder: MoEConfig, decoder: MoEConfig, init: InitConfig,
-                     pretrained: bool) -> int:
+def swap_sparse_mlps(
+    hf_model: nn.Module, encoder: MoEConfig, decoder: MoEConfig, init: InitConfig, pretrained: bool
+) -> int:
     """Replace every SwitchTransformersSparseMLP of `hf_model` in place (encoder / decoder configs).
     Pretrained: keep the checkpoint's experts (and router, when linear). From scratch: fresh layers
     with moelab's init. Returns how many were replaced."""
@@ -145,15 +154,27 @@ def swap_sparse_mlps(hf_model: nn.Module, encoder: MoEConfig, decoder: MoEConfig
 def scratch_config(model: ModelConfig, vocab_size: int, pad_id: int, eos_id: int):
     """A from-scratch SwitchTransformersConfig sized by the model config (dense: no sparse layers)."""
     from transformers import SwitchTransformersConfig
+
     moe_every = model.moe_every if model.moe is not None else 0
     n_sparse = model.n_layers // moe_every if moe_every > 0 else 0
     cfg = SwitchTransformersConfig(
-        vocab_size=vocab_size, d_model=model.d_model, d_kv=model.d_model // model.n_heads, num_heads=model.n_heads,
-        d_ff=model.moe.d_ff if model.moe is not None else model.dense_d_ff, num_layers=model.n_layers,
-        num_decoder_layers=model.n_layers, num_sparse_encoder_layers=n_sparse, num_sparse_decoder_layers=n_sparse,
-        num_experts=model.moe.n_experts if model.moe is not None else 1, dropout_rate=model.dropout,
-        dense_act_fn=model.activation, pad_token_id=pad_id, eos_token_id=eos_id, decoder_start_token_id=pad_id,
-        output_router_logits=False)
+        vocab_size=vocab_size,
+        d_model=model.d_model,
+        d_kv=model.d_model // model.n_heads,
+        num_heads=model.n_heads,
+        d_ff=model.moe.d_ff if model.moe is not None else model.dense_d_ff,
+        num_layers=model.n_layers,
+        num_decoder_layers=model.n_layers,
+        num_sparse_encoder_layers=n_sparse,
+        num_sparse_decoder_layers=n_sparse,
+        num_experts=model.moe.n_experts if model.moe is not None else 1,
+        dropout_rate=model.dropout,
+        dense_act_fn=model.activation,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        decoder_start_token_id=pad_id,
+        output_router_logits=False,
+    )
     # HF derives sparse_step = n_layers // n_sparse and treats step 1 as "all sparse" (also when n_sparse = 0);
     # set it directly: MoE in every moe_every-th layer, none when 0.
     cfg.encoder_sparse_step = cfg.decoder_sparse_step = moe_every
@@ -165,6 +186,7 @@ def _no_hf_progress_bars():
     """transformers 5 draws a "Loading weights" bar on stderr in from_pretrained; without this, a stage
     that then fails (e.g. the n_experts ConfigError) prints that bar before its one error line."""
     from transformers.utils import logging as hf_logging
+
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -177,6 +199,7 @@ def _no_hf_progress_bars():
 def load_hf(model: ModelConfig, vocab_size: int, pad_id: int, eos_id: int):
     """The HF model: from_pretrained(model.pretrained) (safetensors) or from a scratch config."""
     from transformers import SwitchTransformersForConditionalGeneration as Switch
+
     if model.pretrained:
         with _no_hf_progress_bars():
             hf = Switch.from_pretrained(model.pretrained, use_safetensors=True)
@@ -192,6 +215,7 @@ def _init_dense_ffns(hf_model: nn.Module, init: InitConfig) -> None:
     """From scratch, HF's dense FFNs get moelab's FFN init (the experts get it in MoELayer), so a
     dense FFN and an expert of the same width start alike."""
     from transformers.models.switch_transformers.modeling_switch_transformers import SwitchTransformersDenseActDense
+
     for m in hf_model.modules():
         if isinstance(m, SwitchTransformersDenseActDense):
             switch_init_(m.wi.weight, init.ffn_scale, m.wi.weight.shape[1])
@@ -204,8 +228,15 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
     batch: input_ids [B, S], attention_mask [B, S], labels [B, L] (IGNORE = padding).
     """
 
-    def __init__(self, model: ModelConfig, vocab_size: int, pad_id: int = 0, eos_id: int = 1,
-                 max_target_len: int = 32, dense_top_k: int = 2):
+    def __init__(
+        self,
+        model: ModelConfig,
+        vocab_size: int,
+        pad_id: int = 0,
+        eos_id: int = 1,
+        max_target_len: int = 32,
+        dense_top_k: int = 2,
+    ):
         super().__init__()
         self.hf = load_hf(model, vocab_size, pad_id, eos_id)
         self.use_cache = True
@@ -217,7 +248,7 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
             # earlier tokens of its sequence, so generation then re-runs the whole prefix each step
             self.use_cache = decoder.capacity_factor <= 0
         else:
-            for name, module in _sparse_mlps(self.hf):      # a pretrained checkpoint's sparse MLPs
+            for name, module in _sparse_mlps(self.hf):  # a pretrained checkpoint's sparse MLPs
                 _replace(self.hf, name, DenseFromExperts(module, dense_top_k, model.activation))
 
     def _wrappers(self, stack: nn.Module) -> list[MoESparseMLP]:
@@ -236,9 +267,14 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
         self.set_token_masks(enc_mask, dec_mask)
         try:
             if decoder_input_ids is None:
-                decoder_input_ids = self.hf._shift_right(labels)      # [B, L]
-            out = self.hf(input_ids=input_ids, attention_mask=attention_mask,
-                          decoder_input_ids=decoder_input_ids, output_router_logits=False, use_cache=False)
+                decoder_input_ids = self.hf._shift_right(labels)  # [B, L]
+            out = self.hf(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                decoder_input_ids=decoder_input_ids,
+                output_router_logits=False,
+                use_cache=False,
+            )
         finally:
             self.set_token_masks(None, None)
         return out.logits
@@ -246,20 +282,35 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
     def loss(self, batch: dict, forward=None) -> tuple[torch.Tensor, dict]:
         """Mean CE over non-padding target tokens; the balancing losses are model.balancing_loss()."""
         labels = batch["labels"]
-        logits = (forward or self)(batch["input_ids"], batch["attention_mask"], labels)   # [B, L, V]
-        ce = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                         ignore_index=IGNORE)
+        logits = (forward or self)(batch["input_ids"], batch["attention_mask"], labels)  # [B, L, V]
+        ce = nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE
+        )
         return ce, {"tokens": int((labels != IGNORE).sum())}
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, max_new_tokens: int, num_beams: int = 1,
-                 no_repeat_ngram_size: int = 0, length_penalty: float = 1.0) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids,
+        attention_mask,
+        max_new_tokens: int,
+        num_beams: int = 1,
+        no_repeat_ngram_size: int = 0,
+        length_penalty: float = 1.0,
+    ) -> torch.Tensor:
         """Greedy / beam-search summaries [B, <= max_new_tokens + 1] (starting with decoder_start)."""
         self.set_token_masks(attention_mask.bool(), None)
         try:
-            return self.hf.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
-                                    num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                    no_repeat_ngram_size=no_repeat_ngram_size, length_penalty=length_penalty,
-                                    output_router_logits=False, use_cache=self.use_cache)
+            return self.hf.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                do_sample=False,
+                num_beams=num_beams,
+                max_new_tokens=max_new_tokens,
+                no_repeat_ngram_size=no_repeat_ngram_size,
+                length_penalty=length_penalty,
+                output_router_logits=False,
+                use_cache=self.use_cache,
+            )
         finally:
             self.set_token_masks(None, None)

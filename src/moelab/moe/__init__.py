@@ -1,5 +1,6 @@
 """Composable sparse Mixture-of-Experts layer. Components live in registries (see registry.py):
 routers/, normalisers/, selection/, balancing/, experts/ (one file each) and capacity.py."""
+
 from .config import MoEConfig, all_params
 from .init import InitConfig
 from .layer import MoELayer, moe_flops_per_token

@@ -12,6 +12,7 @@ Causal layers (decoders): a token's routing may depend only on itself and earlie
     or dropped without looking ahead): `token_order`, or `position` with top-1 (the same thing).
 Then training, perplexity and step-by-step generation route every prefix identically.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,10 +28,10 @@ CAPACITY_POLICIES = Registry("capacity_policy")
 def rank_within_bucket(bucket: torch.Tensor, priority: torch.Tensor) -> torch.Tensor:
     """For each slot, how many slots of the same bucket come before it by ascending `priority`."""
     by_priority = priority.argsort(stable=True)
-    order = by_priority[bucket[by_priority].argsort(stable=True)]   # sorted by (bucket, priority)
+    order = by_priority[bucket[by_priority].argsort(stable=True)]  # sorted by (bucket, priority)
     sorted_bucket = bucket[order]
     counts = torch.bincount(sorted_bucket)
-    starts = torch.cumsum(counts, 0) - counts                          # first index of each bucket
+    starts = torch.cumsum(counts, 0) - counts  # first index of each bucket
     rank_sorted = torch.arange(len(order), device=bucket.device) - starts[sorted_bucket]
     ranks = torch.empty_like(rank_sorted)
     ranks[order] = rank_sorted
@@ -88,13 +89,19 @@ def check_capacity(cfg) -> None:
         return
     policy = CAPACITY_POLICIES.get(cfg.capacity_policy, "capacity_policy")
     if cfg.top_k == 0:
-        raise OptionError("capacity_factor", cfg.capacity_factor,
-                          "0 for soft routing (top_k = 0) in a causal model: the slots per sequence would depend "
-                          "on later tokens; use top_k >= 1 or capacity_factor: 0")
+        raise OptionError(
+            "capacity_factor",
+            cfg.capacity_factor,
+            "0 for soft routing (top_k = 0) in a causal model: the slots per sequence would depend "
+            "on later tokens; use top_k >= 1 or capacity_factor: 0",
+        )
     if not policy.is_causal(cfg):
-        raise OptionError("capacity_policy", cfg.capacity_policy,
-                          "token_order (or position with top_k = 1) in a causal model: with "
-                          f"'{cfg.capacity_policy}' which slot is dropped depends on later tokens")
+        raise OptionError(
+            "capacity_policy",
+            cfg.capacity_policy,
+            "token_order (or position with top_k = 1) in a causal model: with "
+            f"'{cfg.capacity_policy}' which slot is dropped depends on later tokens",
+        )
 
 
 def apply_capacity(slots: Slots, group: torch.Tensor | None, cfg) -> tuple[Slots, int]:
@@ -103,13 +110,13 @@ def apply_capacity(slots: Slots, group: torch.Tensor | None, cfg) -> tuple[Slots
     if cfg.capacity_factor <= 0 or slots.token.numel() == 0:
         return slots, 0
     n_experts = cfg.n_routed
-    slot_group = group[slots.token]                                    # [S]
+    slot_group = group[slots.token]  # [S]
     n_groups = int(group.max()) + 1
-    if cfg.causal:      # fixed: never counts the slots of later tokens
+    if cfg.causal:  # fixed: never counts the slots of later tokens
         c = math.ceil(cfg.capacity_factor * cfg.group_len * cfg.top_k / n_experts)
         capacity = torch.full((n_groups,), c, dtype=torch.long, device=group.device)
     else:
-        slots_per_group = torch.bincount(slot_group, minlength=n_groups)                        # [G]
+        slots_per_group = torch.bincount(slot_group, minlength=n_groups)  # [G]
         capacity = torch.ceil(cfg.capacity_factor * slots_per_group.float() / n_experts).long()  # [G]
     policy = CAPACITY_POLICIES.get(cfg.capacity_policy, "capacity_policy")
     bucket = slot_group * n_experts + slots.expert

@@ -3,6 +3,7 @@ component declares (the `moe:` section of params.yaml, overridable per gate pres
 
 `MoEConfig.options` holds every option with its default filled in; `cfg.<option>` reads it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,11 +21,15 @@ from .selection import SELECTIONS
 
 # options of the layer itself (which component of a kind to use, and capacity)
 LAYER_PARAMS = {
-    "selection": Param("token_choice", "who chooses: token_choice (each token its top-k) or another "
-                                       "registered selection rule", one_of(SELECTIONS)),
+    "selection": Param(
+        "token_choice",
+        "who chooses: token_choice (each token its top-k) or another registered selection rule",
+        one_of(SELECTIONS),
+    ),
     "expert": Param("mlp", "expert type", one_of(EXPERTS)),
-    "capacity_factor": Param(0.0, "0: dropless; > 0: at most ceil(cf * slots / E) slots per expert per "
-                                  "sequence", non_negative),
+    "capacity_factor": Param(
+        0.0, "0: dropless; > 0: at most ceil(cf * slots / E) slots per expert per sequence", non_negative
+    ),
     "capacity_policy": Param("weight", "which overflow slots are dropped first", one_of(CAPACITY_POLICIES)),
 }
 REGISTRIES = (ROUTERS, NORMALISERS, SELECTIONS, BALANCING, CAPACITY_POLICIES, EXPERTS)
@@ -48,22 +53,25 @@ def resolve_options(raw: dict[str, Any] | None) -> dict[str, Any]:
     for key in raw:
         if key not in params:
             hint = difflib.get_close_matches(str(key), params, n=1)
-            raise OptionError(key, raw[key], f"no such MoE option{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
-                                             f"options: {', '.join(params)}")
+            raise OptionError(
+                key,
+                raw[key],
+                f"no such MoE option{f' (did you mean {hint[0]!r}?)' if hint else ''}; options: {', '.join(params)}",
+            )
     return {key: param.validate(key, raw[key]) if key in raw else param.default for key, param in params.items()}
 
 
 @dataclass(frozen=True)
 class MoEConfig:
     d_model: int
-    d_ff: int                      # hidden width of one expert
+    d_ff: int  # hidden width of one expert
     n_experts: int
     router: str = "linear"
     norm: str = "softmax"
-    top_k: int = 2                 # k >= 1: keep the k largest weights; 0: soft routing (normaliser's support)
+    top_k: int = 2  # k >= 1: keep the k largest weights; 0: soft routing (normaliser's support)
     activation: str = "gelu"
-    causal: bool = False           # set by the model: a decoder's layers never look at later tokens
-    group_len: int = 0             # causal layers: the fixed sequence length capacity is computed from
+    causal: bool = False  # set by the model: a decoder's layers never look at later tokens
+    group_len: int = 0  # causal layers: the fixed sequence length capacity is computed from
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -76,13 +84,15 @@ class MoEConfig:
         raise AttributeError(f"MoEConfig has no field or option {name!r}")
 
     @classmethod
-    def build(cls, **values) -> "MoEConfig":
+    def build(cls, **values) -> MoEConfig:
         """Fields by name, and any other keyword as an option: MoEConfig.build(d_model=8, ..., aux_loss_coef=0)."""
         fields = {f.name for f in dataclasses.fields(cls)} - {"options"}
-        return cls(**{k: v for k, v in values.items() if k in fields},
-                   options={**values.get("options", {}), **{k: v for k, v in values.items() if k not in fields | {"options"}}})
+        return cls(
+            **{k: v for k, v in values.items() if k in fields},
+            options={**values.get("options", {}), **{k: v for k, v in values.items() if k not in fields | {"options"}}},
+        )
 
-    def replace(self, **changes) -> "MoEConfig":
+    def replace(self, **changes) -> MoEConfig:
         """A copy with fields and/or options changed (options by name)."""
         fields = {f.name for f in dataclasses.fields(self)}
         options = {**self.options, **{k: v for k, v in changes.items() if k not in fields}}
@@ -102,10 +112,14 @@ class MoEConfig:
     # ---------------------------------------------------------------- validation
     def components(self) -> list[type]:
         """The registered classes this layer uses (balancing rules: the enabled ones)."""
-        return [ROUTERS.get(self.router, "router"), NORMALISERS.get(self.norm, "norm"),
-                SELECTIONS.get(self.selection, "selection"), EXPERTS.get(self.expert, "expert"),
-                CAPACITY_POLICIES.get(self.capacity_policy, "capacity_policy"),
-                *[cls for cls in BALANCING.classes.values() if cls.enabled(self)]]
+        return [
+            ROUTERS.get(self.router, "router"),
+            NORMALISERS.get(self.norm, "norm"),
+            SELECTIONS.get(self.selection, "selection"),
+            EXPERTS.get(self.expert, "expert"),
+            CAPACITY_POLICIES.get(self.capacity_policy, "capacity_policy"),
+            *[cls for cls in BALANCING.classes.values() if cls.enabled(self)],
+        ]
 
     def validate(self) -> None:
         """Raise OptionError (its `key` names the field or option) for a value that is not allowed."""
@@ -120,6 +134,9 @@ class MoEConfig:
         if self.causal:
             for kind, component in zip(("router", "norm", "selection", "expert"), self.components()):
                 if not component.is_causal(self):
-                    raise OptionError(kind, getattr(self, kind), f"a causal {kind} in a causal model "
-                                      f"({component.name} is not: {component.not_causal_because})")
+                    raise OptionError(
+                        kind,
+                        getattr(self, kind),
+                        f"a causal {kind} in a causal model ({component.name} is not: {component.not_causal_because})",
+                    )
             check_capacity(self)

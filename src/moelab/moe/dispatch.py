@@ -3,18 +3,20 @@
 Shapes: N tokens, S slots (token -> expert pairs), E experts, d model width. Kept apart from
 routing (MegaBlocks-style): it only sees the slots, never how they were chosen.
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def dispatch_combine(x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor,
-                     experts, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+def dispatch_combine(
+    x: torch.Tensor, token: torch.Tensor, expert: torch.Tensor, weight: torch.Tensor, experts, n_experts: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort slots by expert, run each expert once on its contiguous block, scatter-add weighted outputs.
 
     x: [N, d]; token/expert/weight: [S]. Returns (out [N, d] in x's dtype, tokens_per_expert [E]).
     """
-    order = expert.argsort(stable=True)                       # [S] slots grouped by expert
+    order = expert.argsort(stable=True)  # [S] slots grouped by expert
     tokens_per_expert = torch.bincount(expert, minlength=n_experts)
     token_sorted = token[order]
     # index_select, not x[token_sorted]: its backward is index_add_, which is deterministic on CPU,

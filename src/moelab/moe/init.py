@@ -8,6 +8,7 @@ q/k/v/o, classification head: `init.projection_scale`); embeddings (and the tied
 normal of std `init.embedding_std`. Same role and shape -> same distribution, so a dense FFN and an
 expert of the same width start alike.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,10 +19,10 @@ import torch
 
 @dataclass(frozen=True)
 class InitConfig:
-    ffn_scale: float = 0.1          # dense FFN, every expert, shared experts
-    router_scale: float = 0.1       # router weights (projections, expert embeddings)
-    projection_scale: float = 0.1   # attention q, k, v, o and the classification head
-    embedding_std: float = 0.02     # token/position embeddings (and the tied LM head)
+    ffn_scale: float = 0.1  # dense FFN, every expert, shared experts
+    router_scale: float = 0.1  # router weights (projections, expert embeddings)
+    projection_scale: float = 0.1  # attention q, k, v, o and the classification head
+    embedding_std: float = 0.02  # token/position embeddings (and the tied LM head)
 
 
 @torch.no_grad()

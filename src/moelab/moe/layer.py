@@ -1,4 +1,5 @@
 """The MoE layer: router -> normaliser -> selection (+bias) -> capacity -> dispatch -> combine."""
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,10 @@ def moe_flops_per_token(cfg: MoEConfig, experts_per_token: float | None = None) 
     """Forward matmul FLOPs per token of one MoE layer, split into router and experts.
     experts_per_token: the realised number (default: k, or every expert for soft routing)."""
     k = experts_per_token if experts_per_token is not None else float(cfg.top_k or cfg.n_routed)
-    return {"router": ROUTERS.get(cfg.router).flops_per_token(cfg),
-            "experts": k * EXPERTS.get(cfg.expert).flops_per_token(cfg)}
+    return {
+        "router": ROUTERS.get(cfg.router).flops_per_token(cfg),
+        "experts": k * EXPERTS.get(cfg.expert).flops_per_token(cfg),
+    }
 
 
 class MoELayer(nn.Module):
@@ -59,23 +62,24 @@ class MoELayer(nn.Module):
         flat = x.reshape(b * t, d)
         # real: the flat positions of real tokens (None: all of them, and no copy in or out)
         real = None if token_mask is None else token_mask.reshape(-1).nonzero().squeeze(1)
-        h = flat if real is None else flat.index_select(0, real)           # [N, d] real tokens only
-        group = self._sequence_of_each_token(b, t, x.device, real)         # [N] or None
+        h = flat if real is None else flat.index_select(0, real)  # [N, d] real tokens only
+        group = self._sequence_of_each_token(b, t, x.device, real)  # [N] or None
 
-        with torch.autocast(device_type=x.device.type, enabled=False):     # routing in float32
-            scores = self.router(h.float())                                  # [N, E]
-            weights = self.normaliser(scores)                                # [N, E]
+        with torch.autocast(device_type=x.device.type, enabled=False):  # routing in float32
+            scores = self.router(h.float())  # [N, E]
+            weights = self.normaliser(scores)  # [N, E]
         slots = self.selection(weights, self._selection_bias(), group)
         for rule in self.balancing.values():
             rule.record(slots.expert)
         kept, n_dropped = apply_capacity(slots, group, self.cfg)
 
-        out, tokens_per_expert = dispatch_combine(h, kept.token, kept.expert, kept.weight,
-                                                  self.experts, self.cfg.n_routed)
+        out, tokens_per_expert = dispatch_combine(
+            h, kept.token, kept.expert, kept.weight, self.experts, self.cfg.n_routed
+        )
         self.balancing_loss = self._balancing_loss(scores, weights, slots.expert)
         if self.record_stats:
             self._record(h.shape[0], slots, kept, n_dropped, weights, tokens_per_expert, real)
-        if real is not None:                                 # out is [N, d] in x's dtype (dispatch_combine)
+        if real is not None:  # out is [N, d] in x's dtype (dispatch_combine)
             out = torch.zeros_like(flat).index_copy_(0, real, out)
         return out.reshape(b, t, d)
 
@@ -108,8 +112,15 @@ class MoELayer(nn.Module):
 
     def _record(self, n_tokens, slots, kept, n_dropped, weights, tokens_per_expert, real) -> None:
         entropy = routing_entropy_sum(weights) if self.on_simplex else 0.0
-        self.last_stats = RoutingStats(float(n_tokens), float(slots.token.numel()), float(n_dropped), entropy,
-                                       1.0, max_violation(tokens_per_expert), tokens_per_expert.detach().cpu(),
-                                       experts_per_token_hist(kept.token, n_tokens, self.cfg.n_routed))
+        self.last_stats = RoutingStats(
+            float(n_tokens),
+            float(slots.token.numel()),
+            float(n_dropped),
+            entropy,
+            1.0,
+            max_violation(tokens_per_expert),
+            tokens_per_expert.detach().cpu(),
+            experts_per_token_hist(kept.token, n_tokens, self.cfg.n_routed),
+        )
         position = kept.token if real is None else real[kept.token]
         self.last_assignment = (position.detach(), kept.expert.detach())

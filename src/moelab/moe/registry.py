@@ -6,14 +6,16 @@ benchmark and the report read the registries; no other list of names exists.
 Adding a component = one class in one file of the right package (its module is imported by the
 package's __init__), decorated with `@REGISTRY.register("name")`.
 """
+
 from __future__ import annotations
 
 import difflib
 import importlib
 import math
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 
 class OptionError(ValueError):
@@ -28,9 +30,10 @@ class OptionError(ValueError):
 @dataclass(frozen=True)
 class Param:
     """One option of the `moe:` section (and of a gate preset): default, meaning, allowed values."""
+
     default: Any
     help: str
-    check: Callable[[Any], str | None] | None = None    # returns what is allowed when the value is bad
+    check: Callable[[Any], str | None] | None = None  # returns what is allowed when the value is bad
 
     def validate(self, key: str, value: Any) -> Any:
         kind = type(self.default)
@@ -56,13 +59,14 @@ def non_negative_int(value) -> str | None:
     return None if value >= 0 else "an integer >= 0"
 
 
-def one_of(registry: "Registry") -> Callable[[Any], str | None]:
+def one_of(registry: Registry) -> Callable[[Any], str | None]:
     return lambda value: None if value in registry.classes else registry.allowed(value)
 
 
 # ---------------------------------------------------------------- the registry
 class Component:
     """Mixin of registered classes: its name, params, causality and FLOPs."""
+
     name: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
     not_causal_because: ClassVar[str] = "a token's output would depend on later tokens"
@@ -94,6 +98,7 @@ class Registry:
             cls.name = name
             self.classes[name] = cls
             return cls
+
         return add
 
     def names(self) -> list[str]:

@@ -1,4 +1,5 @@
 """Routing statistics, accumulated as sums over batches so they can be merged and all-reduced."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,17 +9,17 @@ import torch
 
 @dataclass
 class RoutingStats:
-    tokens: float = 0.0                 # real (non-padding) tokens routed
-    slots_selected: float = 0.0         # token->expert slots chosen by selection
-    slots_dropped: float = 0.0          # of those, dropped by expert capacity
-    entropy_sum: float = 0.0            # sum over tokens of -sum_i p_i log p_i of the router weights
-    batches: float = 0.0                # forward passes summed here
-    max_violation_sum: float = 0.0      # sum over forward passes of MaxVio (see max_violation)
+    tokens: float = 0.0  # real (non-padding) tokens routed
+    slots_selected: float = 0.0  # token->expert slots chosen by selection
+    slots_dropped: float = 0.0  # of those, dropped by expert capacity
+    entropy_sum: float = 0.0  # sum over tokens of -sum_i p_i log p_i of the router weights
+    batches: float = 0.0  # forward passes summed here
+    max_violation_sum: float = 0.0  # sum over forward passes of MaxVio (see max_violation)
     tokens_per_expert: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [E] computed slots
     # [k_max + 1]: entry j = number of tokens computed by exactly j experts (after capacity drops)
     experts_per_token_hist: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
-    def __iadd__(self, other: "RoutingStats") -> "RoutingStats":
+    def __iadd__(self, other: RoutingStats) -> RoutingStats:
         for name in ("tokens", "slots_selected", "slots_dropped", "entropy_sum", "batches", "max_violation_sum"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         if self.tokens_per_expert.numel() == 0:
@@ -64,7 +65,7 @@ def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     if a.numel() < b.numel():
         a, b = b, a
     out = a.clone()
-    out[:b.numel()] += b.to(out.dtype)
+    out[: b.numel()] += b.to(out.dtype)
     return out
 
 

@@ -1,4 +1,5 @@
 """`moelab report`: aggregate the study into metrics/summary.{json,md} and plots/."""
+
 from __future__ import annotations
 
 
@@ -13,6 +14,7 @@ def add_arguments(p) -> None:
 def run(args) -> None:
     from ..config import load_params
     from .tables import report
+
     load_params(args.params)
     summary = report(args.study, args.out, args.plots, args.bench)
     n = sum(len(sizes) for gatings in summary.values() for sizes in gatings.values())

@@ -8,6 +8,7 @@
 Every figure is always written (a short message figure when its data is missing) so the stage's
 declared outputs exist. Inputs: metrics/<task>/<variant>/s<seed>/{eval.json,live/plots/metrics/...}.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,9 +26,15 @@ from ..io import read_json  # noqa: E402
 from .tables import run_config, seed_files  # noqa: E402
 
 # quality metrics in the order they are plotted: key -> (label, lower is better)
-QUALITY = {"test_ppl": ("test perplexity", True), "test_rouge1": ("ROUGE-1", False),
-           "test_rouge2": ("ROUGE-2", False), "test_rougeL": ("ROUGE-L", False), "test_rougeLsum": ("ROUGE-Lsum", False),
-           "test_accuracy": ("accuracy", False), "test_macro_f1": ("macro-F1", False)}
+QUALITY = {
+    "test_ppl": ("test perplexity", True),
+    "test_rouge1": ("ROUGE-1", False),
+    "test_rouge2": ("ROUGE-2", False),
+    "test_rougeL": ("ROUGE-L", False),
+    "test_rougeLsum": ("ROUGE-Lsum", False),
+    "test_accuracy": ("accuracy", False),
+    "test_macro_f1": ("macro-F1", False),
+}
 SPARSE_NORMS = ("sparsemax", "entmax15", "entmax")
 DENSE = "dense"
 FIGURES = ("loss_curves", "quality_flops", "expert_load", "experts_per_token")
@@ -40,11 +47,13 @@ def write_plots(metrics_dir: Path, plots_dir: Path, summary: dict) -> list[Path]
     written = []
     for task in summary:
         task_runs = runs.get(task, [])
-        for name, fn in (("loss_curves", lambda: loss_curves(task, task_runs)),
-                         ("quality_flops", lambda: quality_flops(task, summary[task])),
-                         ("expert_load", lambda: expert_load(task, task_runs)),
-                         ("experts_per_token", lambda: experts_per_token(task, task_runs))):
-            fig = fn()
+        for name, fn, data in (
+            ("loss_curves", loss_curves, task_runs),
+            ("quality_flops", quality_flops, summary[task]),
+            ("expert_load", expert_load, task_runs),
+            ("experts_per_token", experts_per_token, task_runs),
+        ):
+            fig = fn(task, data)
             path = plots_dir / f"{task}_{name}.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")
             plt.close(fig)
@@ -64,10 +73,17 @@ def load_runs(metrics_dir: Path) -> dict:
         routing = eval_path.with_name(f"{eval_path.stem}.routing.json")
         ev["layers"] = read_json(routing).get("layers", []) if routing.exists() else []
         live = eval_path.parent.parent / "train" / "live" / eval_path.stem / "plots" / "metrics"
-        runs[config["task"]].append({
-            "gating": config["gating"], "size": config["preset"], "seed": config.get("seed"),
-            "norm": ((config.get("model") or {}).get("moe") or {}).get("norm"), "eval": ev,
-            "train": read_tsv(live / "train" / "loss.tsv"), "val": read_tsv(live / "val" / "loss.tsv")})
+        runs[config["task"]].append(
+            {
+                "gating": config["gating"],
+                "size": config["preset"],
+                "seed": config.get("seed"),
+                "norm": ((config.get("model") or {}).get("moe") or {}).get("norm"),
+                "eval": ev,
+                "train": read_tsv(live / "train" / "loss.tsv"),
+                "val": read_tsv(live / "val" / "loss.tsv"),
+            }
+        )
     return runs
 
 
@@ -147,11 +163,9 @@ def loss_curves(task: str, runs: list[dict]):
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("loss (cross-entropy, nats)")
     lo = min(min(r["val"].values(), default=math.inf) for r in runs)
-    lo = min(lo, min(min(_smooth(np.array(list(r["train"].values()))), default=math.inf)
-                     for r in runs if r["train"]))
+    lo = min(lo, min(min(_smooth(np.array(list(r["train"].values()))), default=math.inf) for r in runs if r["train"]))
     # top: the highest smoothed training loss (the start for LM; classification rises before it falls)
-    top = max((float(_smooth(np.array(list(r["train"].values()))).max()) for r in runs if r["train"]),
-              default=lo + 1)
+    top = max((float(_smooth(np.array(list(r["train"].values()))).max()) for r in runs if r["train"]), default=lo + 1)
     axes[0][0].set_ylim(lo - 0.1 * (top - lo), top + 0.05 * (top - lo))
     axes[0][-1].legend(loc="upper right", fontsize=8, title="gating (mean over seeds)", title_fontsize=8)
     fig.suptitle(f"{task}: training and validation loss", fontsize=13)
@@ -165,8 +179,11 @@ def pareto_front(points: list[tuple[float, float]], lower_is_better: bool) -> li
     sign = 1 if lower_is_better else -1
     front = []
     for i, (x, y) in enumerate(points):
-        dominated = any((x2 <= x and sign * y2 <= sign * y) and (x2 < x or sign * y2 < sign * y)
-                        for j, (x2, y2) in enumerate(points) if j != i)
+        dominated = any(
+            (x2 <= x and sign * y2 <= sign * y) and (x2 < x or sign * y2 < sign * y)
+            for j, (x2, y2) in enumerate(points)
+            if j != i
+        )
         if not dominated:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
@@ -180,25 +197,49 @@ def quality_flops(task: str, gatings: dict):
     colours = _colours(sorted(gatings))
     sizes = sorted({s for _, s, _ in cells}, key=lambda s: (len(s), s))
     markers = dict(zip(sizes, "osD^vP*X"))
-    ncols = min(2, len(keys))                        # ROUGE-1/2/L/Lsum: a 2 x 2 grid, not one long row
+    ncols = min(2, len(keys))  # ROUGE-1/2/L/Lsum: a 2 x 2 grid, not one long row
     nrows = math.ceil(len(keys) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(7.5 * ncols, 5.2 * nrows), squeeze=False)
-    for ax in axes.flat[len(keys):]:
+    for ax in axes.flat[len(keys) :]:
         ax.axis("off")
     for ax, key in zip(axes.flat, keys):
         label, lower = QUALITY[key]
         here = [(g, s, m) for g, s, m in cells if key in m]
         pts = [(m["flops_per_token"]["mean"], m[key]["mean"]) for _, _, m in here]
         front = pareto_front(pts, lower)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="0.6", lw=6, alpha=0.35,
-                zorder=1, label="Pareto front")
+        ax.plot(
+            [pts[i][0] for i in front],
+            [pts[i][1] for i in front],
+            "-",
+            color="0.6",
+            lw=6,
+            alpha=0.35,
+            zorder=1,
+            label="Pareto front",
+        )
         for i, (g, s, m) in enumerate(here):
             q, f = m[key], m["flops_per_token"]
-            ax.errorbar(f["mean"], q["mean"], yerr=q["ci95"] or None, xerr=f["ci95"] or None,
-                        fmt=markers[s], color=colours[g], ms=9 if i in front else 7, capsize=3,
-                        mec="black" if i in front else colours[g], mew=1.5 if i in front else 0.5, zorder=3)
-            ax.annotate(f"{g} {s}" if g != DENSE else "dense", (f["mean"], q["mean"]), fontsize=7,
-                        xytext=(5, 4), textcoords="offset points", color="0.25")
+            ax.errorbar(
+                f["mean"],
+                q["mean"],
+                yerr=q["ci95"] or None,
+                xerr=f["ci95"] or None,
+                fmt=markers[s],
+                color=colours[g],
+                ms=9 if i in front else 7,
+                capsize=3,
+                mec="black" if i in front else colours[g],
+                mew=1.5 if i in front else 0.5,
+                zorder=3,
+            )
+            ax.annotate(
+                f"{g} {s}" if g != DENSE else "dense",
+                (f["mean"], q["mean"]),
+                fontsize=7,
+                xytext=(5, 4),
+                textcoords="offset points",
+                color="0.25",
+            )
         ax.set_xscale("log")
         ax.set_xlabel("realised forward FLOPs / token (log)")
         ax.set_ylabel(f"{label} ({'lower' if lower else 'higher'} is better)")
@@ -206,8 +247,9 @@ def quality_flops(task: str, gatings: dict):
         ax.set_title(f"{task}: {label} vs compute" + ("" if n > 1 else "  (n = 1: no error bars)"))
         ax.grid(alpha=0.3, which="both")
     handles = [plt.Line2D([], [], color=colours[g], marker="o", ls="none", label=g) for g in sorted(gatings)]
-    handles += [plt.Line2D([], [], color="0.3", marker=markers[s], ls="none", mfc="none", label=f"size {s}")
-                for s in sizes]
+    handles += [
+        plt.Line2D([], [], color="0.3", marker=markers[s], ls="none", mfc="none", label=f"size {s}") for s in sizes
+    ]
     handles += [plt.Line2D([], [], color="0.6", lw=6, alpha=0.35, label="Pareto front (black edge)")]
     axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -216,7 +258,7 @@ def quality_flops(task: str, gatings: dict):
 
 # ------------------------------------------------------------------ (3) expert load
 def _mean_layers(group: list[dict], field: str) -> list[np.ndarray]:
-    per_run = [[np.array(l.get(field) or [], dtype=float) for l in r["eval"].get("layers", [])] for r in group]
+    per_run = [[np.array(layer.get(field) or [], dtype=float) for layer in r["eval"].get("layers", [])] for r in group]
     per_run = [layers for layers in per_run if layers and all(len(a) for a in layers)]
     if not per_run:
         return []
@@ -234,12 +276,19 @@ def expert_load(task: str, runs: list[dict]):
         return _message(f"{task}: expert load", "no per-layer routing statistics in eval.json")
     sizes = _sizes(runs)
     gatings = sorted({r["gating"] for r in runs})
-    data = {(g, s): _mean_layers([r for r in runs if r["gating"] == g and r["size"] == s], "expert_share")
-            for g in gatings for s in sizes}
+    data = {
+        (g, s): _mean_layers([r for r in runs if r["gating"] == g and r["size"] == s], "expert_share")
+        for g in gatings
+        for s in sizes
+    }
     vmax = max((float(a.max()) for v in data.values() for a in v), default=1.0)
     max_e = max((len(a) for v in data.values() for a in v), default=8)
-    fig, axes = plt.subplots(len(gatings), len(sizes), squeeze=False,
-                             figsize=(max(4.0, 0.42 * max_e) * len(sizes) + 1.2, 1.25 * len(gatings) + 1.2))
+    fig, axes = plt.subplots(
+        len(gatings),
+        len(sizes),
+        squeeze=False,
+        figsize=(max(4.0, 0.42 * max_e) * len(sizes) + 1.2, 1.25 * len(gatings) + 1.2),
+    )
     image = None
     for r, g in enumerate(gatings):
         for c, s in enumerate(sizes):
@@ -248,7 +297,7 @@ def expert_load(task: str, runs: list[dict]):
             if not layers:
                 ax.axis("off")
                 continue
-            grid = np.array(layers)                      # [layers, experts]
+            grid = np.array(layers)  # [layers, experts]
             image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_yticks(range(grid.shape[0]), [f"L{i}" for i in range(grid.shape[0])], fontsize=7)
             ax.set_xticks(range(grid.shape[1]), [str(i) for i in range(grid.shape[1])], fontsize=6)
@@ -270,11 +319,13 @@ def experts_per_token(task: str, runs: list[dict]):
     sparse = [r for r in runs if r["gating"] != DENSE and (r["norm"] or "") in SPARSE_NORMS]
     if not sparse:
         return _message(f"{task}: experts per token", "no sparsemax / entmax variant in the study")
-    with_hist = [r for r in sparse if any(l.get("experts_per_token_hist") for l in r["eval"].get("layers", []))]
+    with_hist = [r for r in sparse if any(layer.get("experts_per_token_hist") for layer in r["eval"].get("layers", []))]
     if not with_hist:
-        return _message(f"{task}: experts per token",
-                        "eval.json has no experts_per_token_hist (written by evaluate since this report "
-                        "version): re-run the evaluate stage")
+        return _message(
+            f"{task}: experts per token",
+            "eval.json has no experts_per_token_hist (written by evaluate since this report "
+            "version): re-run the evaluate stage",
+        )
     sizes = _sizes(with_hist)
     gatings = sorted({r["gating"] for r in with_hist})
     colours = _colours(gatings)
@@ -285,15 +336,21 @@ def experts_per_token(task: str, runs: list[dict]):
             ax = axes[row][layer]
             width = 0.8 / max(len(gatings), 1)
             for j, g in enumerate(gatings):
-                hists = _mean_layers([r for r in with_hist if r["gating"] == g and r["size"] == s],
-                                     "experts_per_token_hist")
+                hists = _mean_layers(
+                    [r for r in with_hist if r["gating"] == g and r["size"] == s], "experts_per_token_hist"
+                )
                 if layer >= len(hists):
                     continue
                 h = hists[layer]
                 frac = h / max(h.sum(), 1.0)
                 mean = float((np.arange(len(h)) * frac).sum())
-                ax.bar(np.arange(len(h)) + (j - (len(gatings) - 1) / 2) * width, frac, width=width,
-                       color=colours[g], label=f"{g} (mean {mean:.2f})")
+                ax.bar(
+                    np.arange(len(h)) + (j - (len(gatings) - 1) / 2) * width,
+                    frac,
+                    width=width,
+                    color=colours[g],
+                    label=f"{g} (mean {mean:.2f})",
+                )
             ax.set_title(f"{task} {s} — MoE layer {layer}", fontsize=10)
             ax.set_xlabel("experts used by a token")
             ax.set_ylabel("fraction of tokens")

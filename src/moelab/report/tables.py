@@ -1,6 +1,7 @@
 """The report stage: every metrics file -> metrics/summary.json (task -> variant -> size -> metric
 -> mean/std/ci95/n), metrics/summary.md (one table per task, plus expert specialisation) and the
 figures under plots/ (see moelab.plots)."""
+
 from __future__ import annotations
 
 import math
@@ -29,12 +30,27 @@ COLUMNS = [
 ]
 
 # two-sided 95% Student-t quantiles for n-1 degrees of freedom
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-        10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+_T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    15: 2.131,
+    20: 2.086,
+    30: 2.042,
+}
 
 
 def t95(df: int) -> float:
-    return _T95.get(df) or next((v for k, v in sorted(_T95.items(), reverse=True) if k <= df), 1.96) if df <= 30 else 1.96
+    return (
+        _T95.get(df) or next((v for k, v in sorted(_T95.items(), reverse=True) if k <= df), 1.96) if df <= 30 else 1.96
+    )
 
 
 def describe(values: list[float]) -> dict:
@@ -73,8 +89,11 @@ def collect(metrics_dir: Path, bench_dir: Path | None = None) -> dict:
         # the benchmark is per variant, not per seed: counted once (n = 1), not repeated as if it varied
         first_seed = variant_dir not in benchmarked
         benchmarked.add(variant_dir)
-        sources = {"eval": ev, "train": _maybe(variant_dir / "train" / eval_path.name),
-                   "benchmark": _maybe(bench_dir / task / f"{variant_dir.name}.json") if first_seed else {}}
+        sources = {
+            "eval": ev,
+            "train": _maybe(variant_dir / "train" / eval_path.name),
+            "benchmark": _maybe(bench_dir / task / f"{variant_dir.name}.json") if first_seed else {},
+        }
         for source, key, _, _ in COLUMNS:
             value = sources[source].get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -87,10 +106,15 @@ def _maybe(path: Path) -> dict:
 
 
 def summarise(cells: dict) -> dict:
-    return {task: {gating: {size: {key: describe(vals) for key, vals in metrics.items()}
-                            for size, metrics in sorted(sizes.items())}
-                   for gating, sizes in sorted(gatings.items())}
-            for task, gatings in sorted(cells.items())}
+    return {
+        task: {
+            gating: {
+                size: {key: describe(vals) for key, vals in metrics.items()} for size, metrics in sorted(sizes.items())
+            }
+            for gating, sizes in sorted(gatings.items())
+        }
+        for task, gatings in sorted(cells.items())
+    }
 
 
 def _interval(d: dict) -> tuple[float, float]:
@@ -141,12 +165,14 @@ def mark_column(cells: list[dict], lower_is_better: bool) -> list[str | None]:
 
 _STYLE = {"best": "**{}**", "tie": "{} ≈", "lead": "_{}_", None: "{}"}
 
-NOTE = ("Mean over seeds ± half-width of the 95% Student-t interval (n = seeds per cell). "
-        "**Bold**: best in its column and its interval overlaps no other cell's; "
-        "≈: tied — the best mean and every cell whose interval overlaps it (not claimed different); "
-        "_italic_: best mean, but the column has cells with n = 1 (no interval), so nothing is claimed. "
-        "FLOPs/token are realised (measured experts/token), forward pass, matmuls only; forward ms is "
-        "the benchmark stage's latency (one run per variant, not per seed).")
+NOTE = (
+    "Mean over seeds ± half-width of the 95% Student-t interval (n = seeds per cell). "
+    "**Bold**: best in its column and its interval overlaps no other cell's; "
+    "≈: tied — the best mean and every cell whose interval overlaps it (not claimed different); "
+    "_italic_: best mean, but the column has cells with n = 1 (no interval), so nothing is claimed. "
+    "FLOPs/token are realised (measured experts/token), forward pass, matmuls only; forward ms is "
+    "the benchmark stage's latency (one run per variant, not per seed)."
+)
 
 
 def markdown(summary: dict, specialisation: dict | None = None) -> str:
@@ -157,15 +183,23 @@ def markdown(summary: dict, specialisation: dict | None = None) -> str:
         ns = sorted({max((d["n"] for d in m.values()), default=0) for _, _, m in rows})
         out += [f"## {task}", ""]
         if ns and ns[0] < 2:
-            out += ["> n = 1 for some cells: no confidence interval, so no variant is claimed best "
-                    "(best means are in _italic_). Add seeds to params.yaml `seeds` for intervals.", ""]
-        out += ["| variant | size | n | " + " | ".join(c[3] for c in cols) + " |",
-                "|---|---|---|" + "---|" * len(cols)]
+            out += [
+                "> n = 1 for some cells: no confidence interval, so no variant is claimed best "
+                "(best means are in _italic_). Add seeds to params.yaml `seeds` for intervals.",
+                "",
+            ]
+        out += ["| variant | size | n | " + " | ".join(c[3] for c in cols) + " |", "|---|---|---|" + "---|" * len(cols)]
         texts = [[] for _ in rows]
         for _, key, lower, _ in cols:
             present = [i for i, (_, _, m) in enumerate(rows) if key in m]
-            marks = dict(zip(present, mark_column([rows[i][2][key] for i in present], lower)
-                             if lower is not None else [None] * len(present)))
+            marks = dict(
+                zip(
+                    present,
+                    mark_column([rows[i][2][key] for i in present], lower)
+                    if lower is not None
+                    else [None] * len(present),
+                )
+            )
             for i, (_, _, m) in enumerate(rows):
                 if key not in m:
                     texts[i].append("–")
@@ -184,12 +218,20 @@ def markdown(summary: dict, specialisation: dict | None = None) -> str:
 
 def specialisation_markdown(spec: dict, per_expert: int = 5) -> list[str]:
     """spec: {(gating, size): eval.json `specialisation`} -> a short section."""
-    out = ["### Expert specialisation (last MoE layer, test split)", "",
-           "Top input tokens each expert computed, with the share of that token's occurrences routed to "
-           "the expert (100% for every expert under soft softmax routing). One seed per variant.", ""]
+    out = [
+        "### Expert specialisation (last MoE layer, test split)",
+        "",
+        "Top input tokens each expert computed, with the share of that token's occurrences routed to "
+        "the expert (100% for every expert under soft softmax routing). One seed per variant.",
+        "",
+    ]
     for (gating, size), sp in sorted(spec.items()):
-        out += [f"**{gating} {size}** (MoE layer {sp.get('layer')})", "", "| expert | tokens | top tokens (share) |",
-                "|---|---|---|"]
+        out += [
+            f"**{gating} {size}** (MoE layer {sp.get('layer')})",
+            "",
+            "| expert | tokens | top tokens (share) |",
+            "|---|---|---|",
+        ]
         for e in sp.get("experts", []):
             tops = ", ".join(f"`{_token(t['token'])}` {t['share']:.0%}" for t in e.get("top", [])[:per_expert])
             out.append(f"| {e['expert']} | {e.get('tokens', '')} | {tops} |")
@@ -202,7 +244,9 @@ def _token(text: str) -> str:
     return repr(text)[1:-1].replace("`", "'").replace("|", "\\|").replace(" ", "␣")
 
 
-def collect_specialisation(metrics_dir: Path, variants: tuple[str, ...] = ("linear-sparsemax", "linear-softmax-top2")) -> dict:
+def collect_specialisation(
+    metrics_dir: Path, variants: tuple[str, ...] = ("linear-sparsemax", "linear-softmax-top2")
+) -> dict:
     """{task: {(gating, size): specialisation}} from the lowest seed of each listed gating that has one."""
     out: dict = defaultdict(dict)
     for eval_path in seed_files(metrics_dir, "eval"):
@@ -223,8 +267,12 @@ def _seed(path: Path) -> int:
         return 1 << 30
 
 
-def report(study_dir: str | Path = "metrics/study", out_dir: str | Path | None = None,
-           plots_dir: str | Path | None = "plots", bench_dir: str | Path | None = None) -> dict:
+def report(
+    study_dir: str | Path = "metrics/study",
+    out_dir: str | Path | None = None,
+    plots_dir: str | Path | None = "plots",
+    bench_dir: str | Path | None = None,
+) -> dict:
     """Aggregate study_dir/<task>/<variant>/s<seed>/*.json and bench_dir/<task>/<variant>.json (default:
     metrics/bench) into out_dir/summary.{json,md} (default: the parent of study_dir, i.e. metrics/)
     and the figures into plots_dir (None: no figures)."""
@@ -235,5 +283,6 @@ def report(study_dir: str | Path = "metrics/study", out_dir: str | Path | None =
     atomic_write_text(out_dir / "summary.md", markdown(summary, collect_specialisation(study_dir)))
     if plots_dir is not None:
         from .plots import write_plots
+
         write_plots(study_dir, Path(plots_dir), summary)
     return summary

@@ -14,12 +14,14 @@ A task provides
   * `references`: trivial baselines on the test split, so a table says what "good" means;
   * cost: `flops_per_token`, `bench_batch`, `batch_flops_per_token`.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -35,7 +37,7 @@ TASKS = Registry("task")
 
 @dataclass(frozen=True)
 class Metric:
-    key: str                  # in eval.json as val_<key> and test_<key>
+    key: str  # in eval.json as val_<key> and test_<key>
     label: str
     higher_is_better: bool
 
@@ -50,7 +52,7 @@ class Task:
     data_params: ClassVar[type[DataParams]] = DataParams
     eval_params: ClassVar[type[EvalParams]] = EvalParams
     metrics: ClassVar[tuple[Metric, ...]] = ()
-    count_key: ClassVar[str] = "examples"    # what a split's size is counted in (eval.json: test_<count_key>)
+    count_key: ClassVar[str] = "examples"  # what a split's size is counted in (eval.json: test_<count_key>)
 
     def __init__(self, run: RunConfig, data_dir: Path):
         self.run, self.data_dir = run, Path(data_dir)
@@ -133,6 +135,7 @@ class Task:
 def build_task(run: RunConfig, data_dir: str | Path) -> Task:
     """The task of `run` on its prepared data (the directory must exist)."""
     from ..errors import DataError
+
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"prepared data directory {data_dir} not found: {prepare_hint(run.task, data_dir)}")
@@ -145,8 +148,8 @@ def pad_batch(seqs: list, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.bool)
     for r, s in enumerate(seqs):
-        ids[r, :len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
-        mask[r, :len(s)] = True
+        ids[r, : len(s)] = torch.as_tensor(np.asarray(s, dtype=np.int64))
+        mask[r, : len(s)] = True
     return ids, mask
 
 

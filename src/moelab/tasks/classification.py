@@ -1,9 +1,10 @@
 """Text classification with an MoE encoder: mean pooling over real tokens, a linear head."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -41,8 +42,9 @@ def bag_of_words(seqs: list, vocab_size: int) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-9)
 
 
-def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float,
-                            steps: int = 100) -> torch.nn.Linear:
+def fit_logistic_regression(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, steps: int = 100
+) -> torch.nn.Linear:
     """Multinomial logistic regression, full batch, L-BFGS on mean cross-entropy + l2 * |W|^2."""
     torch.manual_seed(0)
     model = torch.nn.Linear(x.shape[1], n_classes)
@@ -55,15 +57,19 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2
         loss = torch.nn.functional.cross_entropy(model(x), y) + l2 * model.weight.pow(2).sum()
         loss.backward()
         return loss
+
     opt.step(closure)
     return model
 
 
-def classifier_flops_per_token(model, n_classes: int, context: int, experts_per_token: list[float] | None = None) -> dict:
+def classifier_flops_per_token(
+    model, n_classes: int, context: int, experts_per_token: list[float] | None = None
+) -> dict:
     """decoder_flops_per_token with the vocab head (2*d*V per token) replaced by the classifier head:
     2*d*C once per sequence, i.e. 2*d*C / context per token (mean pooling is not a matmul)."""
     from ..flops import decoder_flops_per_token
-    out = decoder_flops_per_token(model, 0, context, experts_per_token)   # vocab 0: no LM head
+
+    out = decoder_flops_per_token(model, 0, context, experts_per_token)  # vocab 0: no LM head
     out["head"] = 2 * model.d_model * n_classes / context
     out["total"] += out["head"]
     return out
@@ -72,12 +78,16 @@ def classifier_flops_per_token(model, n_classes: int, context: int, experts_per_
 @TASKS.register("classification")
 class ClassificationTask(Task):
     data_params = ClassificationData
-    metrics = (Metric("accuracy", "accuracy", True), Metric("macro_f1", "macro-F1", True),
-               Metric("loss", "loss (nats/example)", False))
+    metrics = (
+        Metric("accuracy", "accuracy", True),
+        Metric("macro_f1", "macro-F1", True),
+        Metric("loss", "loss (nats/example)", False),
+    )
 
     def __init__(self, run, data_dir: Path):
         super().__init__(run, data_dir)
         from ..data.tokenizer import load_checked_tokenizer, special_id
+
         self.tokenizer = load_checked_tokenizer(self.data_dir, self.redo)
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.pad = special_id(self.tokenizer, "<pad>")
@@ -95,21 +105,28 @@ class ClassificationTask(Task):
     @staticmethod
     def prepare(data: ClassificationData, out: Path, seed: int = 0) -> dict:
         """Per split: {split}.npz with ragged BPE ids (cut to seq_len) and labels; labels.json; texts."""
+        import json
+
         from ..data.corpora import classification_splits
         from ..data.prepare import ragged_arrays, save_npz
         from ..data.tokenizer import special_id, train_bpe
-        import json
-
         from ..io import atomic_write_text, write_json
-        splits, names = classification_splits(data.source, text_column=data.text_column,
-                                              label_column=data.label_column, max_records=data.max_records,
-                                              seed=seed, val_frac=data.val_frac, test_frac=data.test_frac)
+
+        splits, names = classification_splits(
+            data.source,
+            text_column=data.text_column,
+            label_column=data.label_column,
+            max_records=data.max_records,
+            seed=seed,
+            val_frac=data.val_frac,
+            test_frac=data.test_frac,
+        )
         tok = train_bpe([t for t, _ in splits["train"]], data.vocab_size, out / "tokenizer.json")
         atomic_write_text(out / "labels.json", json.dumps(names))
         stats = {"vocab_size": tok.get_vocab_size(), "labels": names}
         for split in SPLITS:
             texts = [t for t, _ in splits[split]]
-            ids = [enc.ids[:data.seq_len] or [special_id(tok, "<unk>")] for enc in tok.encode_batch(texts)]
+            ids = [enc.ids[: data.seq_len] or [special_id(tok, "<unk>")] for enc in tok.encode_batch(texts)]
             labels = np.asarray([y for _, y in splits[split]], dtype=np.int64)
             save_npz(out / f"{split}.npz", **ragged_arrays("text", ids), labels=labels)
             write_json(out / f"{split}.json", {"texts": texts})
@@ -122,6 +139,7 @@ class ClassificationTask(Task):
         """{"text": [ids], "labels": int64 array [N]}, checked when first opened."""
         if split not in self._splits:
             from ..data.prepare import check_ids, load_ragged_npz
+
             path = self.data_dir / f"{split}.npz"
             data = load_ragged_npz(path, self.redo)
             if set(data) != {"text", "labels"} or len(data["text"]) != len(data["labels"]) or not len(data["labels"]):
@@ -139,9 +157,12 @@ class ClassificationTask(Task):
 
     def collate(self, split: str, rows: list[int]) -> dict:
         data = self.split(split)
-        ids, mask = pad_batch([data["text"][i] for i in rows], self.pad)        # [B, T_max]
-        return {"input_ids": ids, "attention_mask": mask.long(),
-                "labels": torch.as_tensor(data["labels"][rows], dtype=torch.long)}
+        ids, mask = pad_batch([data["text"][i] for i in rows], self.pad)  # [B, T_max]
+        return {
+            "input_ids": ids,
+            "attention_mask": mask.long(),
+            "labels": torch.as_tensor(data["labels"][rows], dtype=torch.long),
+        }
 
     def build_model(self) -> EncoderClassifier:
         return EncoderClassifier(self.vocab_size, self.seq_len, len(self.label_names), self.run.model)
@@ -158,11 +179,13 @@ class ClassificationTask(Task):
     # ---------------------------------------------------------------- evaluation
     def evaluate_split(self, model, split: str, progress: bool) -> dict:
         from tqdm.auto import tqdm
+
         ev = self.run.evaluate
         preds, trues, nll = [], [], 0.0
-        for batch in tqdm(self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"eval {split}",
-                          **no_progress(progress)):
-            logits = model(batch["input_ids"], batch["attention_mask"].bool())      # [B, C]
+        for batch in tqdm(
+            self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"eval {split}", **no_progress(progress)
+        ):
+            logits = model(batch["input_ids"], batch["attention_mask"].bool())  # [B, C]
             nll += torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum").item()
             preds += logits.argmax(-1).tolist()
             trues += batch["labels"].tolist()
@@ -173,10 +196,14 @@ class ClassificationTask(Task):
 
     def samples_markdown(self, model) -> str:
         from ..io import read_json
+
         texts = read_json(self.data_dir / "test.json").get("texts", [])
-        lines = [f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}\n",
-                 "| text | predicted | true |", "|---|---|---|"]
-        for text, (p, t) in zip(texts, self._test_pairs[:self.run.evaluate.samples]):
+        lines = [
+            f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}\n",
+            "| text | predicted | true |",
+            "|---|---|---|",
+        ]
+        for text, (p, t) in zip(texts, self._test_pairs[: self.run.evaluate.samples]):
             cell = str(text).replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {cell[:300]} | {self.label_names[p]} | {self.label_names[t]} |")
         return "\n".join(lines) + "\n"
@@ -196,14 +223,19 @@ class ClassificationTask(Task):
         y_train = torch.as_tensor(train["labels"], dtype=torch.long)
         n_classes = len(self.label_names)
         majority = int(torch.bincount(y_train, minlength=n_classes).argmax())
-        refs = {"majority": {"description": f"always the training split's most frequent label "
-                                            f"({self.label_names[majority]})"},
-                "bow-logreg": {"description": "logistic regression on a binary bag of BPE tokens"}}
+        refs = {
+            "majority": {
+                "description": f"always the training split's most frequent label ({self.label_names[majority]})"
+            },
+            "bow-logreg": {"description": "logistic regression on a binary bag of BPE tokens"},
+        }
         x_train = bag_of_words(train["text"], self.vocab_size)
         val_text, val_true = self._evaluated("validation")
         x_val = bag_of_words(val_text, self.vocab_size)
         fits = {l2: fit_logistic_regression(x_train, y_train, n_classes, l2) for l2 in (1e-4, 1e-3, 1e-2)}
-        val_acc = {l2: accuracy_macro_f1(m(x_val).argmax(-1).tolist(), val_true, n_classes)[0] for l2, m in fits.items()}
+        val_acc = {
+            l2: accuracy_macro_f1(m(x_val).argmax(-1).tolist(), val_true, n_classes)[0] for l2, m in fits.items()
+        }
         best = max(val_acc, key=val_acc.get)
         refs["bow-logreg"]["l2"] = best
         for split, prefix in (("validation", "val_"), ("test", "test_")):
@@ -217,8 +249,9 @@ class ClassificationTask(Task):
 
     # ---------------------------------------------------------------- cost
     def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None) -> dict:
-        return classifier_flops_per_token(self.run.model, len(self.label_names), context or self.seq_len,
-                                          experts_per_token)
+        return classifier_flops_per_token(
+            self.run.model, len(self.label_names), context or self.seq_len, experts_per_token
+        )
 
     def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:
         """A training batch whose every position counts as a token (the padding of short reviews
@@ -234,6 +267,7 @@ class ClassificationTask(Task):
 def read_label_names(path: Path) -> list:
     """labels.json: a JSON list of label names; anything else is one DataError line."""
     import json
+
     try:
         value = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:

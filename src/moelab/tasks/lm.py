@@ -1,10 +1,11 @@
 """Language modelling: random windows of the token stream for training, every window for evaluation."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ class LMTask(Task):
     def __init__(self, run, data_dir: Path):
         super().__init__(run, data_dir)
         from ..data.tokenizer import load_checked_tokenizer, special_id
+
         self.tokenizer = load_checked_tokenizer(self.data_dir, self.redo)
         self.vocab_size = self.tokenizer.get_vocab_size()
         self.eos = special_id(self.tokenizer, "<eos>")
@@ -56,8 +58,15 @@ class LMTask(Task):
         from ..data.corpora import lm_splits
         from ..data.prepare import save_array
         from ..data.tokenizer import special_id, train_bpe
-        splits = lm_splits(data.source, text_column=data.text_column, max_records=data.max_records,
-                           seed=seed, val_frac=data.val_frac, test_frac=data.test_frac)
+
+        splits = lm_splits(
+            data.source,
+            text_column=data.text_column,
+            max_records=data.max_records,
+            seed=seed,
+            val_frac=data.val_frac,
+            test_frac=data.test_frac,
+        )
         tok = train_bpe(splits["train"], data.vocab_size, out / "tokenizer.json")
         eos = special_id(tok, "<eos>")
         stats = {"vocab_size": tok.get_vocab_size()}
@@ -85,16 +94,23 @@ class LMTask(Task):
 
     def _load_ids(self, split: str) -> np.ndarray:
         from ..data.prepare import load_array
+
         path = self.data_dir / f"{split}.npy"
         ids = load_array(path, self.redo)
         if ids.ndim != 1 or ids.dtype.kind not in "iu":
-            raise DataError(f"{path} holds a {ids.dtype} array of shape {ids.shape}, not a 1-D stream of token ids: {self.redo}")
+            raise DataError(
+                f"{path} holds a {ids.dtype} array of shape {ids.shape}, not a 1-D stream of token ids: {self.redo}"
+            )
         if ids.size < 2:
-            raise DataError(f"{path} holds {ids.size} tokens: the {split} split is empty; use a larger corpus "
-                            f"({self.name}.data.source / max_records / val_frac / test_frac) and {self.redo}")
+            raise DataError(
+                f"{path} holds {ids.size} tokens: the {split} split is empty; use a larger corpus "
+                f"({self.name}.data.source / max_records / val_frac / test_frac) and {self.redo}"
+            )
         if int(ids.max()) >= self.vocab_size or int(ids.min()) < 0:
-            raise DataError(f"{path} has token ids outside the tokenizer's vocabulary of {self.vocab_size}: "
-                            f"the data and tokenizer.json are from different prepare runs; {self.redo}")
+            raise DataError(
+                f"{path} has token ids outside the tokenizer's vocabulary of {self.vocab_size}: "
+                f"the data and tokenizer.json are from different prepare runs; {self.redo}"
+            )
         return ids
 
     def build_model(self) -> DecoderLM:
@@ -105,7 +121,7 @@ class LMTask(Task):
         ids = self.stream("train")
         span = min(self.seq_len + 1, ids.numel())
         starts = torch.randint(0, ids.numel() - span + 1, (batch_size,), generator=generator)
-        windows = torch.stack([ids[s:s + span] for s in starts.tolist()])
+        windows = torch.stack([ids[s : s + span] for s in starts.tolist()])
         return {"input_ids": windows[:, :-1], "targets": windows[:, 1:]}
 
     def eval_batches(self, split: str, batch_size: int, max_batches: int | None = None) -> Iterator[dict]:
@@ -119,9 +135,9 @@ class LMTask(Task):
             inputs = torch.full((len(rows), self.seq_len), self.eos, dtype=torch.long)
             targets = torch.full((len(rows), self.seq_len), IGNORE, dtype=torch.long)
             for r, w in enumerate(rows):
-                chunk = ids[w * self.seq_len: w * self.seq_len + self.seq_len + 1]
-                inputs[r, :chunk.numel() - 1] = chunk[:-1]
-                targets[r, :chunk.numel() - 1] = chunk[1:]
+                chunk = ids[w * self.seq_len : w * self.seq_len + self.seq_len + 1]
+                inputs[r, : chunk.numel() - 1] = chunk[:-1]
+                targets[r, : chunk.numel() - 1] = chunk[1:]
             yield {"input_ids": inputs, "targets": targets}
 
     def decode(self, ids: list[int]) -> str:
@@ -131,15 +147,25 @@ class LMTask(Task):
     def evaluate_split(self, model, split: str, progress: bool) -> dict:
         """Perplexity = exp(total NLL / total target tokens) over every window of the split."""
         from tqdm.auto import tqdm
+
         ev = self.run.evaluate
         layers = model.moe_layers() if hasattr(model, "moe_layers") else []
         last = layers[-1] if layers else None
         nll, tokens = 0.0, 0
-        for batch in tqdm(self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"eval {split}",
-                          **no_progress(progress)):
+        for batch in tqdm(
+            self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"eval {split}", **no_progress(progress)
+        ):
             logits = model(batch["input_ids"], batch["targets"] != IGNORE).float()
-            nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["targets"].reshape(-1),
-                                   ignore_index=IGNORE, reduction="sum").double().item()
+            nll += (
+                F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]),
+                    batch["targets"].reshape(-1),
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                )
+                .double()
+                .item()
+            )
             tokens += int((batch["targets"] != IGNORE).sum())
             if split == "test" and last is not None and last.last_assignment is not None:
                 self._routed = self._count_routed(self._routed, batch, last.last_assignment, last.cfg.n_routed)
@@ -155,8 +181,9 @@ class LMTask(Task):
     def _count_routed(self, routed, batch: dict, assignment, n_experts: int):
         ids = batch["input_ids"].reshape(-1).cpu()
         position, expert = (a.cpu() for a in assignment)
-        by_expert = torch.bincount(expert * self.vocab_size + ids[position],
-                                   minlength=n_experts * self.vocab_size).reshape(n_experts, self.vocab_size)
+        by_expert = torch.bincount(
+            expert * self.vocab_size + ids[position], minlength=n_experts * self.vocab_size
+        ).reshape(n_experts, self.vocab_size)
         real = (batch["targets"] != IGNORE).reshape(-1).cpu()
         occurrences = torch.bincount(ids[real], minlength=self.vocab_size)
         return (by_expert, occurrences) if routed is None else (routed[0] + by_expert, routed[1] + occurrences)
@@ -170,24 +197,39 @@ class LMTask(Task):
         for e, counts in enumerate(by_expert):
             k = min(top, int((counts > 0).sum()))
             best = counts.topk(k).indices.tolist() if k else []
-            experts.append({"expert": e, "tokens": int(counts.sum()), "top": [
-                {"token": self.tokenizer.decode([t], skip_special_tokens=False), "count": int(counts[t]),
-                 "share": round(float(counts[t]) / max(float(occurrences[t]), 1.0), 4)} for t in best]})
+            experts.append(
+                {
+                    "expert": e,
+                    "tokens": int(counts.sum()),
+                    "top": [
+                        {
+                            "token": self.tokenizer.decode([t], skip_special_tokens=False),
+                            "count": int(counts[t]),
+                            "share": round(float(counts[t]) / max(float(occurrences[t]), 1.0), 4),
+                        }
+                        for t in best
+                    ],
+                }
+            )
         return {"layer": layer, "split": "test", "experts": experts}
 
     def samples_markdown(self, model) -> str:
         ev = self.run.evaluate
         gen = torch.Generator().manual_seed(self.run.seed)
         ids = self.stream("test")
-        lines = [f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}",
-                 f"temperature {ev.temperature}, sampling top-k {ev.sampling_top_k}, top-p {ev.top_p}\n"]
+        lines = [
+            f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}",
+            f"temperature {ev.temperature}, sampling top-k {ev.sampling_top_k}, top-p {ev.top_p}\n",
+        ]
         prompt_len = 8
         for i in range(ev.samples):
             start = (i * 997) % max(1, ids.numel() - prompt_len)
-            prompt = ids[start:start + prompt_len].unsqueeze(0)
+            prompt = ids[start : start + prompt_len].unsqueeze(0)
             out = model.generate(prompt, ev.sample_tokens, ev.temperature, ev.sampling_top_k, ev.top_p, gen)
-            lines.append(f"## Sample {i + 1}\n**prompt:** {self.decode(prompt[0].tolist())!r}\n\n"
-                         f"```\n{self.decode(out[0].tolist())}\n```\n")
+            lines.append(
+                f"## Sample {i + 1}\n**prompt:** {self.decode(prompt[0].tolist())!r}\n\n"
+                f"```\n{self.decode(out[0].tolist())}\n```\n"
+            )
         return "\n".join(lines)
 
     # ---------------------------------------------------------------- references
@@ -201,22 +243,28 @@ class LMTask(Task):
         for split, prefix in (("validation", "val_"), ("test", "test_")):
             ids = self.stream(split)
             windows = (ids.numel() - 1 + self.seq_len - 1) // self.seq_len
-            if ev.max_batches is not None:       # the same windows the models are scored on
+            if ev.max_batches is not None:  # the same windows the models are scored on
                 windows = min(windows, ev.max_batches * ev.batch_size)
-            targets = ids[1:windows * self.seq_len + 1]
+            targets = ids[1 : windows * self.seq_len + 1]
             nll = -log_p[targets].sum().item()
-            out.update({f"{prefix}loss": nll / targets.numel(), f"{prefix}ppl": math.exp(nll / targets.numel()),
-                        f"{prefix}tokens": int(targets.numel())})
+            out.update(
+                {
+                    f"{prefix}loss": nll / targets.numel(),
+                    f"{prefix}ppl": math.exp(nll / targets.numel()),
+                    f"{prefix}tokens": int(targets.numel()),
+                }
+            )
         return {"unigram": out}
 
     # ---------------------------------------------------------------- cost
     def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None) -> dict:
         """Analytic forward FLOPs per token; experts_per_token: realised per MoE block (default k or E)."""
         from ..flops import decoder_flops_per_token
+
         return decoder_flops_per_token(self.run.model, self.vocab_size, context or self.seq_len, experts_per_token)
 
     def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:
-        batch = self.train_batch(generator, batch_size)        # LM windows have no padding
+        batch = self.train_batch(generator, batch_size)  # LM windows have no padding
         return batch, batch["input_ids"].numel()
 
     def batch_flops_per_token(self, batch: dict, experts_per_token: list[float] | None) -> dict:

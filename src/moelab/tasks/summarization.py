@@ -3,15 +3,15 @@
 prepare writes raw texts ({split}.json) and BPE ids ({split}.npz). With `pretrained` set, the raw
 texts are tokenised with that checkpoint's own tokenizer (T5 SentencePiece) instead.
 """
+
 from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
 import torch
 
 from ..config.schema import DataParams, EvalParams, allowed, at_least
@@ -54,6 +54,7 @@ def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, flo
     """Mean ROUGE-1/2/L/Lsum F-measure (0..1), Porter stemming, as `rouge-score` defines them:
     rougeLsum is the summary-level LCS over sentences, so texts are split into lines first."""
     from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=True)
     totals = dict.fromkeys(ROUGE_KEYS, 0.0)
     for pred, ref in zip(predictions, references):
@@ -85,6 +86,7 @@ def seq2seq_flops_per_token(cfg, n_source: int, n_target: int, moe, experts_per_
     (default: all 1.0).
     """
     from ..moe import moe_flops_per_token
+
     d, a, f, v = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.vocab_size
     per = moe_flops_per_token(moe, 1.0) if moe is not None else {"router": 0.0, "experts": 0.0}
     moe_flops = {"router": per["router"], "expert": per["experts"]}
@@ -93,19 +95,27 @@ def seq2seq_flops_per_token(cfg, n_source: int, n_target: int, moe, experts_per_
     dec_sparse = [sparse(i, cfg.decoder_sparse_step) for i in range(cfg.num_decoder_layers)]
     ks = iter(experts_per_token or [1.0] * (sum(enc_sparse) + sum(dec_sparse)))
 
-    def ffn(is_sparse: bool) -> tuple[float, float, float]:   # (dense FFN, experts, router) FLOPs per token
+    def ffn(is_sparse: bool) -> tuple[float, float, float]:  # (dense FFN, experts, router) FLOPs per token
         return (0, next(ks) * moe_flops["expert"], moe_flops["router"]) if is_sparse else (4 * d * f, 0, 0)
 
     enc = [ffn(s) for s in enc_sparse]
     dec = [ffn(s) for s in dec_sparse]
     s_, l_ = n_source, n_target
-    attention = (s_ * len(enc) * (8 * d * a + 4 * s_ * a)
-                 + l_ * len(dec) * (8 * d * a + 4 * l_ * a + 4 * d * a + 4 * s_ * a) + s_ * len(dec) * 4 * d * a)
+    attention = (
+        s_ * len(enc) * (8 * d * a + 4 * s_ * a)
+        + l_ * len(dec) * (8 * d * a + 4 * l_ * a + 4 * d * a + 4 * s_ * a)
+        + s_ * len(dec) * 4 * d * a
+    )
     dense_ffn, experts, router_total = (s_ * sum(x[i] for x in enc) + l_ * sum(x[i] for x in dec) for i in range(3))
     head = l_ * 2 * d * v
     n = s_ + l_
-    out = {"attention": attention / n, "dense_ffn": dense_ffn / n, "experts": experts / n,
-           "router": router_total / n, "head": head / n}
+    out = {
+        "attention": attention / n,
+        "dense_ffn": dense_ffn / n,
+        "experts": experts / n,
+        "router": router_total / n,
+        "head": head / n,
+    }
     out["total"] = sum(out.values())
     return out
 
@@ -113,9 +123,13 @@ def seq2seq_flops_per_token(cfg, n_source: int, n_target: int, moe, experts_per_
 @TASKS.register("summarization")
 class SummarizationTask(Task):
     data_params, eval_params = SummarizationData, SummarizationEval
-    metrics = (Metric("rougeL", "ROUGE-L", True), Metric("rouge1", "ROUGE-1", True),
-               Metric("rouge2", "ROUGE-2", True), Metric("rougeLsum", "ROUGE-Lsum", True),
-               Metric("loss", "loss (nats/token)", False))
+    metrics = (
+        Metric("rougeL", "ROUGE-L", True),
+        Metric("rouge1", "ROUGE-1", True),
+        Metric("rouge2", "ROUGE-2", True),
+        Metric("rougeLsum", "ROUGE-Lsum", True),
+        Metric("loss", "loss (nats/token)", False),
+    )
 
     def __init__(self, run, data_dir: Path):
         super().__init__(run, data_dir)
@@ -123,12 +137,14 @@ class SummarizationTask(Task):
         self.pretrained = run.model.pretrained
         if self.pretrained:
             from transformers import AutoConfig, AutoTokenizer
+
             self.hf_tokenizer = AutoTokenizer.from_pretrained(self.pretrained)
             self.pad, self.eos = self.hf_tokenizer.pad_token_id, self.hf_tokenizer.eos_token_id
             self.hf_config = AutoConfig.from_pretrained(self.pretrained)
             self.vocab_size = self.hf_config.vocab_size
         else:
             from ..data.tokenizer import load_checked_tokenizer, special_id
+
             self.tokenizer = load_checked_tokenizer(self.data_dir, self.redo)
             self.pad, self.eos = special_id(self.tokenizer, "<pad>"), special_id(self.tokenizer, "<eos>")
             self.vocab_size = self.tokenizer.get_vocab_size()
@@ -153,9 +169,16 @@ class SummarizationTask(Task):
         from ..data.prepare import ragged_arrays, save_npz
         from ..data.tokenizer import special_id, train_bpe
         from ..io import write_json
-        splits = summarization_splits(data.source, document_column=data.document_column,
-                                      summary_column=data.summary_column, max_records=data.max_records,
-                                      seed=seed, val_frac=data.val_frac, test_frac=data.test_frac)
+
+        splits = summarization_splits(
+            data.source,
+            document_column=data.document_column,
+            summary_column=data.summary_column,
+            max_records=data.max_records,
+            seed=seed,
+            val_frac=data.val_frac,
+            test_frac=data.test_frac,
+        )
         tok = train_bpe([t for pair in splits["train"] for t in pair], data.vocab_size, out / "tokenizer.json")
         if special_id(tok, "<pad>") != 0:
             raise DataError("the summarization BPE must have <pad> = 0 (decoder start)")
@@ -164,22 +187,31 @@ class SummarizationTask(Task):
         for split in SPLITS:
             docs, sums = [d for d, _ in splits[split]], [s for _, s in splits[split]]
             write_json(out / f"{split}.json", {"documents": docs, "summaries": sums})
-            cut = lambda texts, n: [e.ids[:n - 1] + [eos] for e in tok.encode_batch(texts)]  # noqa: E731
+            cut = lambda texts, n: [e.ids[: n - 1] + [eos] for e in tok.encode_batch(texts)]  # noqa: E731
             src, tgt = cut([SUMMARIZE_PREFIX + d for d in docs], data.max_source_len), cut(sums, data.max_target_len)
             save_npz(out / f"{split}.npz", **ragged_arrays("source", src), **ragged_arrays("target", tgt))
-            stats.update({f"{split}_pairs": len(docs), f"{split}_source_tokens": sum(map(len, src)),
-                          f"{split}_target_tokens": sum(map(len, tgt))})
+            stats.update(
+                {
+                    f"{split}_pairs": len(docs),
+                    f"{split}_source_tokens": sum(map(len, src)),
+                    f"{split}_target_tokens": sum(map(len, tgt)),
+                }
+            )
         return stats
 
     # ---------------------------------------------------------------- data
     def texts(self, split: str) -> dict[str, list[str]]:
         from ..io import read_json
+
         path = self.data_dir / f"{split}.json"
         if not path.is_file():
             raise DataError(f"{path} not found (data not prepared): {self.redo}")
         raw = read_json(path)
-        if not (isinstance(raw.get("documents"), list) and isinstance(raw.get("summaries"), list)
-                and len(raw["documents"]) == len(raw["summaries"])):
+        if not (
+            isinstance(raw.get("documents"), list)
+            and isinstance(raw.get("summaries"), list)
+            and len(raw["documents"]) == len(raw["summaries"])
+        ):
             raise DataError(f"{path} does not hold equal lists of documents and summaries: {self.redo}")
         return raw
 
@@ -191,9 +223,11 @@ class SummarizationTask(Task):
                 enc = lambda xs, n: self.hf_tokenizer(xs, truncation=True, max_length=n)["input_ids"]  # noqa: E731
                 self._splits[split] = {
                     "source": enc([SUMMARIZE_PREFIX + d for d in raw["documents"]], self.data.max_source_len),
-                    "target": enc(raw["summaries"], self.data.max_target_len)}
+                    "target": enc(raw["summaries"], self.data.max_target_len),
+                }
             else:
                 from ..data.prepare import check_ids, load_ragged_npz
+
                 path = self.data_dir / f"{split}.npz"
                 data = load_ragged_npz(path, self.redo)
                 if set(data) != {"source", "target"} or len(data["source"]) != len(data["target"]):
@@ -248,39 +282,62 @@ class SummarizationTask(Task):
 
     def _loss(self, model, split: str, progress: bool) -> tuple[float, int]:
         from tqdm.auto import tqdm
+
         ev = self.run.evaluate
         nll, tokens = 0.0, 0
-        for batch in tqdm(self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"loss {split}",
-                          **no_progress(progress)):
+        for batch in tqdm(
+            self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"loss {split}", **no_progress(progress)
+        ):
             logits = model(batch["input_ids"], batch["attention_mask"], batch["labels"]).float()
-            nll += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
-                                                     ignore_index=IGNORE, reduction="sum").double().item()
+            nll += (
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]),
+                    batch["labels"].reshape(-1),
+                    ignore_index=IGNORE,
+                    reduction="sum",
+                )
+                .double()
+                .item()
+            )
             tokens += int((batch["labels"] != IGNORE).sum())
         return nll / max(tokens, 1), tokens
 
     def _generate(self, model, split: str, progress: bool) -> tuple[list[str], list[str], list[str]]:
         """(predicted, reference, document) texts of the evaluated examples of a split."""
         from tqdm.auto import tqdm
+
         ev = self.run.evaluate
         raw = self.texts(split)
         preds, n = [], 0
-        for batch in tqdm(self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"generate {split}",
-                          **no_progress(progress)):
-            out = model.generate(batch["input_ids"], batch["attention_mask"], ev.max_new_tokens, ev.num_beams,
-                                 ev.no_repeat_ngram_size, ev.length_penalty)
+        for batch in tqdm(
+            self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"generate {split}", **no_progress(progress)
+        ):
+            out = model.generate(
+                batch["input_ids"],
+                batch["attention_mask"],
+                ev.max_new_tokens,
+                ev.num_beams,
+                ev.no_repeat_ngram_size,
+                ev.length_penalty,
+            )
             preds.extend(self.decode(row) for row in out.tolist())
             n += batch["input_ids"].shape[0]
         return preds, raw["summaries"][:n], raw["documents"][:n]
 
     def samples_markdown(self, model) -> str:
         ev = self.run.evaluate
-        lines = [f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}",
-                 f"{'greedy' if ev.num_beams == 1 else f'beam search ({ev.num_beams} beams)'}, "
-                 f"at most {ev.max_new_tokens} new tokens"
-                 + (f", no repeated {ev.no_repeat_ngram_size}-grams" if ev.no_repeat_ngram_size else "") + "\n"]
-        for i, (doc, ref, pred) in enumerate(self._test_examples[:ev.samples]):
+        lines = [
+            f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}",
+            f"{'greedy' if ev.num_beams == 1 else f'beam search ({ev.num_beams} beams)'}, "
+            f"at most {ev.max_new_tokens} new tokens"
+            + (f", no repeated {ev.no_repeat_ngram_size}-grams" if ev.no_repeat_ngram_size else "")
+            + "\n",
+        ]
+        for i, (doc, ref, pred) in enumerate(self._test_examples[: ev.samples]):
             short = doc if len(doc) <= 400 else doc[:400] + " ..."
-            lines.append(f"## Example {i + 1}\n**document:** {short}\n\n**reference:** {ref}\n\n**generated:** {pred}\n")
+            lines.append(
+                f"## Example {i + 1}\n**document:** {short}\n\n**reference:** {ref}\n\n**generated:** {pred}\n"
+            )
         return "\n".join(lines)
 
     # ---------------------------------------------------------------- references
@@ -290,20 +347,26 @@ class SummarizationTask(Task):
         upper bound worth a row: with one reference per document it scores 1 by definition.)"""
         n = max(1, round(statistics.median(len(s.split()) for s in self.texts("train")["summaries"])))
         ev = self.run.evaluate
-        out = {"description": f"lead-{n}: the first {n} words of the document (the median training reference "
-                              "length)", "words": n}
+        out = {
+            "description": f"lead-{n}: the first {n} words of the document (the median training reference length)",
+            "words": n,
+        }
         for split, prefix in (("validation", "val_"), ("test", "test_")):
             raw = self.texts(split)
-            count = len(raw["documents"]) if ev.max_batches is None else min(len(raw["documents"]),
-                                                                             ev.max_batches * ev.batch_size)
+            count = (
+                len(raw["documents"])
+                if ev.max_batches is None
+                else min(len(raw["documents"]), ev.max_batches * ev.batch_size)
+            )
             preds = [lead_words(d, n) for d in raw["documents"][:count]]
             out.update({prefix + k: v for k, v in rouge_scores(preds, raw["summaries"][:count]).items()})
             out[f"{prefix}examples"] = count
         return {f"lead-{n}": out}
 
     # ---------------------------------------------------------------- cost
-    def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None,
-                        n_target: int | None = None) -> dict:
+    def flops_per_token(
+        self, experts_per_token: list[float] | None = None, context: int | None = None, n_target: int | None = None
+    ) -> dict:
         """Forward matmul FLOPs per (source + target) token at source length `context` (default
         max_source_len) and target length `n_target` (default max_target_len); experts_per_token:
         realised per MoE layer (default k, or E for soft routing); see seq2seq_flops_per_token."""
@@ -311,8 +374,9 @@ class SummarizationTask(Task):
         if moe is not None and experts_per_token is None:
             k = float(moe.top_k or moe.n_routed)
             experts_per_token = [k] * (cfg.num_layers + cfg.num_decoder_layers)  # iterator stops at the real count
-        return seq2seq_flops_per_token(cfg, context or self.data.max_source_len, n_target or self.data.max_target_len,
-                                       moe, experts_per_token)
+        return seq2seq_flops_per_token(
+            cfg, context or self.data.max_source_len, n_target or self.data.max_target_len, moe, experts_per_token
+        )
 
     def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:
         """A training batch whose every source and target position counts as a token (padding

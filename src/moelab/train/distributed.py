@@ -1,4 +1,5 @@
 """Data-parallel setup under torchrun (DDP, gloo on CPU, NCCL on GPU); one process when absent."""
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,7 @@ class DistEnv:
 
 def shard(batch: dict, env: DistEnv) -> dict:
     """Every rank draws the same global batch and keeps rows rank, rank + world, ..."""
-    return {k: v[env.rank::env.world] for k, v in batch.items()} if env.world > 1 else batch
+    return {k: v[env.rank :: env.world] for k, v in batch.items()} if env.world > 1 else batch
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -46,6 +47,7 @@ def wrap_ddp(model, env: DistEnv):
     if env.world == 1:
         return model
     from torch.nn.parallel import DistributedDataParallel
+
     # MoE: an expert that got no token this step has no gradient on this rank.
     # broadcast_buffers=False: the only buffers are the selection bias (kept identical on every rank by
     # its all-reduced update) and its per-rank load counts, which rank 0 must not overwrite between the

@@ -1,4 +1,5 @@
 """DVCLive loss curves (train/loss, train/balancing_loss, train/lr, val/loss per step)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,6 +9,7 @@ def open_live(live_dir: Path, resumed_from: int):
     """A DVCLive logger; on resume, rows logged after the checkpoint (by the killed run) are dropped
     first, so the replayed steps are not logged twice."""
     from dvclive import Live
+
     if resumed_from > 0:
         truncate_live(live_dir, resumed_from)
     return Live(str(live_dir), resume=resumed_from > 0, save_dvc_exp=False, dvcyaml=None, report=None)
@@ -15,6 +17,7 @@ def open_live(live_dir: Path, resumed_from: int):
 
 def truncate_live(live_dir: Path, last_step: int) -> None:
     from ..io import atomic_write_text
+
     for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
         lines = tsv.read_text().splitlines()
         if not lines:
@@ -28,7 +31,7 @@ def truncate_live(live_dir: Path, last_step: int) -> None:
                 if ok:
                     float(cells[-1])
             except ValueError:
-                ok = False       # a half-written row of the killed run
+                ok = False  # a half-written row of the killed run
             if ok:
                 keep.append(line)
         atomic_write_text(tsv, "\n".join(keep) + "\n")

@@ -8,6 +8,7 @@ A models directory belongs to one run configuration (and the code that trains it
   * the directory is locked while a process trains into it;
   * Ctrl-C saves a checkpoint at the last finished step and raises Interrupted (exit 130).
 """
+
 from __future__ import annotations
 
 import random
@@ -19,8 +20,14 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (RESUME_KEYS, config_differences, config_fingerprint, load_checkpoint, load_model_state,
-                          save_checkpoint)
+from ..checkpoint import (
+    RESUME_KEYS,
+    config_differences,
+    config_fingerprint,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from ..config import RunConfig
 from ..errors import MoelabError, NonFiniteLoss
 from ..io import remove_stale_temps, write_metrics
@@ -30,11 +37,12 @@ from ..tasks import build_task
 from .distributed import DistEnv, mean_over_ranks, shard, sum_over_ranks, to_device, wrap_ddp
 from .schedule import build_optimizer
 
-NOT_TRAINING = ("evaluate",)     # config sections a checkpoint may differ in and still be resumed
+NOT_TRAINING = ("evaluate",)  # config sections a checkpoint may differ in and still be resumed
 
 
 class Interrupted(MoelabError):
     """Ctrl-C during training: a checkpoint was saved; exit status 130."""
+
     exit_code = 130
 
 
@@ -49,6 +57,7 @@ def check_finite(step: int, terms: dict[str, torch.Tensor], ckpt: Path, env: Dis
     Under DDP the verdict is all-reduced, so every rank stops together instead of one rank raising
     while the others wait forever in the next collective."""
     import torch.distributed as dist
+
     bad = [name for name, value in terms.items() if not bool(torch.isfinite(value.detach()).all())]
     if env is not None and env.world > 1:
         flags = torch.tensor([float(name in bad) for name in terms], device=env.device)
@@ -59,10 +68,14 @@ def check_finite(step: int, terms: dict[str, torch.Tensor], ckpt: Path, env: Dis
         value = terms[name].detach().float().reshape(-1)
         shown = value[~torch.isfinite(value)][:1].tolist() or ["non-finite on another rank"]
         where = f"{ckpt} left intact" if ckpt.exists() else f"no checkpoint written yet ({ckpt})"
-        knob = "moe.aux_loss_coef / moe.z_loss_coef" if name == "balancing loss" else "the learning rate (<task>.train.lr)"
-        raise NonFiniteLoss(f"step {step}: {name} is {shown[0]} (non-finite); training stopped, last good checkpoint "
-                            f"{where}: lower {knob} or check the data, then re-run (a changed value starts "
-                            f"a fresh run; the same values resume from the checkpoint)")
+        knob = (
+            "moe.aux_loss_coef / moe.z_loss_coef" if name == "balancing loss" else "the learning rate (<task>.train.lr)"
+        )
+        raise NonFiniteLoss(
+            f"step {step}: {name} is {shown[0]} (non-finite); training stopped, last good checkpoint "
+            f"{where}: lower {knob} or check the data, then re-run (a changed value starts "
+            f"a fresh run; the same values resume from the checkpoint)"
+        )
 
 
 @torch.no_grad()
@@ -77,7 +90,7 @@ def validation_loss(task, model, batch_size: int, max_batches: int, device, env:
     for batch in task.eval_batches("validation", batch_size, max_batches):
         if env is not None:
             batch = shard(batch, env)
-        if next(iter(batch.values())).shape[0] == 0:    # a last, short batch with fewer rows than ranks
+        if next(iter(batch.values())).shape[0] == 0:  # a last, short batch with fewer rows than ranks
             continue
         loss, info = task_loss(model, to_device(batch, device))
         if info["tokens"]:
@@ -95,16 +108,34 @@ def task_loss(model, batch):
     return core.loss(batch, forward=model)
 
 
-def train(run: RunConfig, data_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
-          live_dir: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
-          restart: bool = False, log=print) -> dict:
+def train(
+    run: RunConfig,
+    data_dir: str | Path,
+    out_dir: str | Path,
+    metrics_path: str | Path,
+    live_dir: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    restart: bool = False,
+    log=print,
+) -> dict:
     """Train one run into out_dir (resuming or starting fresh, see the module doc). Returns the train metrics."""
     env = DistEnv()
     out_dir = Path(out_dir)
     try:
         with directory_lock(out_dir, "checkpoints") if env.main else nullcontext():
-            return _train(run, Path(data_dir), out_dir, Path(metrics_path), Path(live_dir) if live_dir else None,
-                          env, progress, stop_after, restart, log)
+            return _train(
+                run,
+                Path(data_dir),
+                out_dir,
+                Path(metrics_path),
+                Path(live_dir) if live_dir else None,
+                env,
+                progress,
+                stop_after,
+                restart,
+                log,
+            )
     finally:
         env.close()
 
@@ -121,7 +152,9 @@ def _resumable(latest: Path, config: dict, restart: bool) -> tuple[dict | None, 
         return None, "--restart"
     state = load_checkpoint(latest, required=RESUME_KEYS)
     diff = config_differences(state.get("config"), config, NOT_TRAINING)
-    return (None, "; ".join(diff[:2]) + (f"; and {len(diff) - 2} more" if len(diff) > 2 else "")) if diff else (state, "")
+    return (
+        (None, "; ".join(diff[:2]) + (f"; and {len(diff) - 2} more" if len(diff) > 2 else "")) if diff else (state, "")
+    )
 
 
 def _move_aside(out_dir: Path, live_dir: Path | None, why: str, log) -> None:
@@ -135,29 +168,31 @@ def _move_aside(out_dir: Path, live_dir: Path | None, why: str, log) -> None:
         for item in directory.iterdir():
             if item.name != ".lock":
                 item.rename(aside / item.name)
-    log(f"moelab train: {out_dir} held a run of another configuration ({why}); moved it to "
-        f"{out_dir.parent / f'.{out_dir.name}.previous'} and started fresh")
+    log(
+        f"moelab train: {out_dir} held a run of another configuration ({why}); moved it to "
+        f"{out_dir.parent / f'.{out_dir.name}.previous'} and started fresh"
+    )
 
 
 def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_after, restart, log) -> dict:
     tp = run.train
     seed_everything(run.seed)
     task = build_task(run, data_dir)
-    task.check_data()                        # every split readable before anything is written
+    task.check_data()  # every split readable before anything is written
     config = _fingerprint(run)
     latest, best = out_dir / "latest.pt", out_dir / "best.pt"
     state, why = _resumable(latest, config, restart)
     if env.main:
-        remove_stale_temps(out_dir)          # half-written checkpoints of a killed run
+        remove_stale_temps(out_dir)  # half-written checkpoints of a killed run
         if state is None and why:
             _move_aside(out_dir, live_dir, why, log)
     env.barrier()
     if state is not None and state["step"] >= tp.steps and "metrics" in state:
-        if env.main:                         # finished: nothing to train, rewrite its metrics
+        if env.main:  # finished: nothing to train, rewrite its metrics
             write_metrics(metrics_path, state["metrics"], run.to_dict(), {"code": config["code"]})
         return state["metrics"]
     model = task.build_model().to(env.device)
-    model.record_routing_stats(False)        # only evaluate / benchmark read them
+    model.record_routing_stats(False)  # only evaluate / benchmark read them
     optimizer, scheduler = build_optimizer(model, tp)
     data_gen = torch.Generator().manual_seed(run.seed)
     step, best_val, history = 0, float("inf"), []
@@ -175,15 +210,26 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     live = None
     if env.main and live_dir:
         from .live import open_live
+
         live = open_live(live_dir, resumed_from)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" else nullcontext()
 
     def snapshot(metrics: dict | None = None) -> dict:
-        out = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-               "step": step, "best_val": best_val, "history": history, "config": config_fingerprint(config),
-               "world_size": env.world,
-               "rng": {"torch": torch.get_rng_state(), "data": data_gen.get_state(),
-                       "python": _py_rng_state(random.getstate())}}
+        out = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "best_val": best_val,
+            "history": history,
+            "config": config_fingerprint(config),
+            "world_size": env.world,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "data": data_gen.get_state(),
+                "python": _py_rng_state(random.getstate()),
+            },
+        }
         if metrics is not None:
             out["metrics"] = metrics
         return out
@@ -191,20 +237,29 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     def save_latest(metrics: dict | None = None) -> None:
         if env.main:
             save_checkpoint(latest, snapshot(metrics))
-        env.barrier()   # no rank runs ahead of a checkpoint that rank 0 has not finished writing
+        env.barrier()  # no rank runs ahead of a checkpoint that rank 0 has not finished writing
 
     from tqdm.auto import tqdm
+
     model.train()
     start, tokens_seen = time.perf_counter(), 0
-    bar = tqdm(total=tp.steps, initial=step, desc=f"train {run.task}/{run.name}/s{run.seed}",
-               disable=not (progress and env.main), mininterval=1.0, dynamic_ncols=True)
+    bar = tqdm(
+        total=tp.steps,
+        initial=step,
+        desc=f"train {run.task}/{run.name}/s{run.seed}",
+        disable=not (progress and env.main),
+        mininterval=1.0,
+        dynamic_ncols=True,
+    )
     with _interrupt_at_step_boundary() as interrupted:
         while step < tp.steps:
             if interrupted():
                 save_latest()
                 bar.close()
-                raise Interrupted(f"interrupted at step {step} of {tp.steps}: checkpoint saved to {latest}; "
-                                  "re-run the same command to resume")
+                raise Interrupted(
+                    f"interrupted at step {step} of {tp.steps}: checkpoint saved to {latest}; "
+                    "re-run the same command to resume"
+                )
             optimizer.zero_grad(set_to_none=True)
             step_loss, step_bal = 0.0, 0.0
             for _ in range(tp.grad_accum):
@@ -223,22 +278,35 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
             scheduler.step()
             model.update_balancing()
             step += 1
-            if env.world > 1:   # the global-batch loss (mean of equal-sized rank shards), identical on every rank
+            if env.world > 1:  # the global-batch loss (mean of equal-sized rank shards), identical on every rank
                 step_loss, step_bal = mean_over_ranks([step_loss, step_bal], env)
-            record = {"step": step, "train_loss": step_loss, "balancing_loss": step_bal,
-                      "lr": scheduler.get_last_lr()[0]}
+            record = {
+                "step": step,
+                "train_loss": step_loss,
+                "balancing_loss": step_bal,
+                "lr": scheduler.get_last_lr()[0],
+            }
             if step % tp.eval_every == 0 or step == tp.steps:
                 # the global batch size, so the validated windows do not depend on the world size
-                record["val_loss"] = validation_loss(task, model, tp.batch_size * env.world, tp.eval_batches,
-                                                     env.device, env)
-                if record["val_loss"] < best_val:    # every rank tracks best_val (same weights, same value)
+                record["val_loss"] = validation_loss(
+                    task, model, tp.batch_size * env.world, tp.eval_batches, env.device, env
+                )
+                if record["val_loss"] < best_val:  # every rank tracks best_val (same weights, same value)
                     best_val = record["val_loss"]
                     if env.main:
-                        save_checkpoint(best, {"model": model.state_dict(), "step": step, "val_loss": best_val,
-                                               "config": config_fingerprint(config)})
+                        save_checkpoint(
+                            best,
+                            {
+                                "model": model.state_dict(),
+                                "step": step,
+                                "val_loss": best_val,
+                                "config": config_fingerprint(config),
+                            },
+                        )
             history.append(record)
             if live:
                 from .live import log_live
+
                 log_live(live, record)
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
@@ -251,7 +319,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     wall = time.perf_counter() - start
     if live:
         live.end()
-    last = history[-min(len(history), 20):] if history else []
+    last = history[-min(len(history), 20) :] if history else []
     metrics = {
         "steps": step,
         "train_loss": sum(r["train_loss"] for r in last) / max(len(last), 1),
@@ -264,7 +332,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     if step >= tp.steps:
-        save_latest(metrics)                  # the finished run's metrics travel with its checkpoint
+        save_latest(metrics)  # the finished run's metrics travel with its checkpoint
     if env.main:
         write_metrics(metrics_path, metrics, run.to_dict(), {"code": config["code"]})
     env.barrier()
@@ -285,7 +353,7 @@ def _interrupt_at_step_boundary():
     try:
         previous = signal.signal(signal.SIGINT, handler)
         installed = True
-    except ValueError:       # not the main thread (e.g. tests calling train() from a thread)
+    except ValueError:  # not the main thread (e.g. tests calling train() from a thread)
         previous = None
     try:
         yield lambda: bool(hit)
@@ -297,11 +365,14 @@ def _interrupt_at_step_boundary():
 def _check_world_size(state: dict, path: Path, env: DistEnv) -> None:
     """The global batch is batch_size x world size: resuming with another world size would change it mid-run."""
     from ..errors import CheckpointError
+
     written_by = state.get("world_size", 1)
     if written_by != env.world:
-        raise CheckpointError(f"checkpoint {path} was written by a run with world size {written_by}, this run has "
-                              f"world size {env.world}: resume with `torchrun --nproc_per_node {written_by}` "
-                              f"(the same global batch), or re-run with --restart")
+        raise CheckpointError(
+            f"checkpoint {path} was written by a run with world size {written_by}, this run has "
+            f"world size {env.world}: resume with `torchrun --nproc_per_node {written_by}` "
+            f"(the same global batch), or re-run with --restart"
+        )
 
 
 def _py_rng_state(state) -> list:
@@ -312,4 +383,3 @@ def _py_rng_state(state) -> list:
 def _py_rng(state) -> tuple:
     version, internal, gauss = state
     return (version, tuple(internal), gauss)
-

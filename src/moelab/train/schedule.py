@@ -1,4 +1,5 @@
 """Optimiser and learning-rate schedule: AdamW, linear warmup then cosine decay."""
+
 from __future__ import annotations
 
 import math
@@ -29,5 +30,6 @@ def build_optimizer(model: torch.nn.Module, train) -> tuple[torch.optim.Optimize
     """AdamW (betas 0.9, 0.95) and its warmup + cosine schedule, from a TrainConfig."""
     optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=train.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, train.warmup_steps, train.steps, train.min_lr_ratio))
+        optimizer, lambda s: lr_factor(s, train.warmup_steps, train.steps, train.min_lr_ratio)
+    )
     return optimizer, scheduler

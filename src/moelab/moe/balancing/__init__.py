@@ -4,6 +4,7 @@ Each rule is one class in one file, active when its coefficient (or rate) is > 0
 loss (`loss`), a per-expert bias used only to pick experts (`selection_bias`), and update state
 after each optimiser step (`update`).
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Switch load-balancing loss: coef * E * sum_i f_i * P_i (Fedus et al. 2021, eq. 4)."""
+
 from __future__ import annotations
 
 import torch
@@ -26,7 +27,7 @@ def switch_aux_loss(weights: torch.Tensor, expert: torch.Tensor, n_experts: int)
     slots = torch.bincount(expert, minlength=n_experts).float()
     world = dist.get_world_size() if weights.requires_grad and dist.is_available() and dist.is_initialized() else 1
     if world > 1:
-        counts = torch.cat([slots, slots.new_tensor([weights.shape[0]])])   # [E + 1]: slots per expert, tokens
+        counts = torch.cat([slots, slots.new_tensor([weights.shape[0]])])  # [E + 1]: slots per expert, tokens
         dist.all_reduce(counts)
         slots, tokens = counts[:-1], counts[-1]
         p = weights.float().sum(0) * (world / tokens.clamp_min(1.0))

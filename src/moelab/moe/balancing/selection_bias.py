@@ -2,6 +2,7 @@
 weights for *selection only*. After each optimiser step, b_i += u * sign(mean_load - load_i), then b
 is mean-centred. load is counted over the selected slots since the last update and summed over
 data-parallel ranks, so every rank applies the same update."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,13 @@ from . import BALANCING, BalancingRule
 
 @BALANCING.register("selection_bias")
 class SelectionBias(BalancingRule):
-    params = {"bias_update_rate": Param(0.0, "aux-loss-free balancing: u in b_i += u * sign(mean load - load_i) "
-                                             "(0: off; top_k >= 1 only)", non_negative)}
+    params = {
+        "bias_update_rate": Param(
+            0.0,
+            "aux-loss-free balancing: u in b_i += u * sign(mean load - load_i) (0: off; top_k >= 1 only)",
+            non_negative,
+        )
+    }
 
     @classmethod
     def enabled(cls, cfg) -> bool:
@@ -23,14 +29,17 @@ class SelectionBias(BalancingRule):
     @classmethod
     def check(cls, cfg) -> None:
         if cfg.bias_update_rate > 0 and cfg.top_k == 0:
-            raise OptionError("bias_update_rate", cfg.bias_update_rate,
-                              "0 when top_k = 0 (the bias only changes which top-k experts are selected)")
+            raise OptionError(
+                "bias_update_rate",
+                cfg.bias_update_rate,
+                "0 when top_k = 0 (the bias only changes which top-k experts are selected)",
+            )
 
     def __init__(self, cfg):
         super().__init__()
         self.rate = cfg.bias_update_rate
         self.register_buffer("bias", torch.zeros(cfg.n_routed))
-        self.register_buffer("load", torch.zeros(cfg.n_routed))   # selected slots since the last update
+        self.register_buffer("load", torch.zeros(cfg.n_routed))  # selected slots since the last update
 
     def selection_bias(self) -> torch.Tensor:
         return self.bias

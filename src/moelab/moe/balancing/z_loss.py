@@ -1,4 +1,5 @@
 """Router z-loss: coef * mean over tokens of logsumexp(scores)^2 (Zoph et al. 2022, ST-MoE)."""
+
 from __future__ import annotations
 
 import torch

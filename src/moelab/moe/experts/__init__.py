@@ -3,6 +3,7 @@
 forward(x [S, d] sorted by expert, tokens_per_expert [E]) -> [S, d]. One file per expert type
 (`moe.expert`); each owns its weight init and its FLOPs per token per expert.
 """
+
 from __future__ import annotations
 
 import torch

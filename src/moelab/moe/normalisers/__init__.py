@@ -4,6 +4,7 @@ A normaliser on the probability simplex (`on_simplex`) gives weights that sum to
 routing entropy is reported. `sparse` ones put exactly zero weight on some experts, so the number
 of experts a token uses varies per token.
 """
+
 from ..registry import Registry, import_all
 
 NORMALISERS = Registry("norm")

@@ -1,5 +1,6 @@
 """sparsemax and entmax-1.5 (the `entmax` package's exact sort-based algorithms): on the simplex,
 with exactly zero weight on low-scoring experts (Martins & Astudillo 2016; Peters et al. 2019)."""
+
 from __future__ import annotations
 
 import torch
@@ -18,6 +19,7 @@ class Sparsemax(Component, nn.Module):
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         from entmax import sparsemax
+
         return sparsemax(scores, dim=-1)
 
 
@@ -30,4 +32,5 @@ class Entmax15(Component, nn.Module):
 
     def forward(self, scores: torch.Tensor) -> torch.Tensor:
         from entmax import entmax15
+
         return entmax15(scores, dim=-1)

@@ -1,4 +1,5 @@
 """softmax(scores): dense, every expert gets a positive weight."""
+
 from __future__ import annotations
 
 import torch

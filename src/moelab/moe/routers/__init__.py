@@ -1,4 +1,5 @@
 """Routers: token hidden states [N, d] -> expert scores (logits) [N, E]. One file per router."""
+
 from ..registry import Registry, import_all
 
 ROUTERS = Registry("router")

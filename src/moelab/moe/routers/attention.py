@@ -2,6 +2,7 @@
 
 `moe.attention_scaled: false` drops the 1/sqrt(d), as in the SparTMoE seed code.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,7 @@ from . import ROUTERS
 
 @ROUTERS.register("attention")
 class AttentionRouter(Component, nn.Module):
-    params = {"attention_scaled": Param(True, "attention router divides by sqrt(d) "
-                                              "(false: SparTMoE's unscaled form)")}
+    params = {"attention_scaled": Param(True, "attention router divides by sqrt(d) (false: SparTMoE's unscaled form)")}
 
     def __init__(self, cfg):
         super().__init__()
@@ -30,10 +30,10 @@ class AttentionRouter(Component, nn.Module):
     def reset_parameters(self, init: InitConfig) -> None:
         d = self.query.in_features
         switch_init_(self.query.weight, init.router_scale, d)
-        switch_init_(self.expert_embeddings, init.router_scale, d)   # a [E, d] projection of the query
+        switch_init_(self.expert_embeddings, init.router_scale, d)  # a [E, d] projection of the query
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:    # [N, d] -> [N, E]
-        q = self.query(h)                                   # [N, d]
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # [N, d] -> [N, E]
+        q = self.query(h)  # [N, d]
         return (q @ self.expert_embeddings.t()) * self.scale
 
     @classmethod

@@ -1,4 +1,5 @@
 """scores = h W_r, W_r in R^{d x E} (Switch / GShard)."""
+
 from __future__ import annotations
 
 import torch
@@ -19,7 +20,7 @@ class LinearRouter(Component, nn.Module):
     def reset_parameters(self, init: InitConfig) -> None:
         switch_init_(self.proj.weight, init.router_scale, self.proj.in_features)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:    # [N, d] -> [N, E]
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # [N, d] -> [N, E]
         return self.proj(h)
 
     @classmethod

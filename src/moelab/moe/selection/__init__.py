@@ -3,6 +3,7 @@
 A slot is one token sent to one expert. Slots whose weight is exactly zero are never produced, so
 no expert computes a token it has no weight for. One file per selection rule (`moe.selection`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,12 +17,12 @@ SELECTIONS = Registry("selection")
 
 @dataclass
 class Slots:
-    token: torch.Tensor    # [S] long: which token (row of the flattened input)
-    expert: torch.Tensor   # [S] long: which expert
-    weight: torch.Tensor   # [S] float: the weight its output is scaled by (differentiable)
-    rank: torch.Tensor     # [S] long: 0 for a token's first choice, 1 for its second, ...
+    token: torch.Tensor  # [S] long: which token (row of the flattened input)
+    expert: torch.Tensor  # [S] long: which expert
+    weight: torch.Tensor  # [S] float: the weight its output is scaled by (differentiable)
+    rank: torch.Tensor  # [S] long: 0 for a token's first choice, 1 for its second, ...
 
-    def keep(self, mask: torch.Tensor) -> "Slots":
+    def keep(self, mask: torch.Tensor) -> Slots:
         return Slots(self.token[mask], self.expert[mask], self.weight[mask], self.rank[mask])
 
 

@@ -1,4 +1,5 @@
 """Token choice: each token picks experts (Switch / GShard top-k, or soft routing with top_k = 0)."""
+
 from __future__ import annotations
 
 import torch
@@ -20,20 +21,22 @@ class TokenChoice(Component, nn.Module):
     def __init__(self, cfg):
         super().__init__()
         from ..normalisers import NORMALISERS
+
         self.k = cfg.top_k
         # sigmoid gating (DeepSeek-V3) always normalises over the selected experts
         self.renormalize = cfg.renormalize or getattr(NORMALISERS.get(cfg.norm), "renormalize_selected", False)
 
-    def forward(self, weights: torch.Tensor, selection_bias: torch.Tensor | None = None,
-                group: torch.Tensor | None = None) -> Slots:
+    def forward(
+        self, weights: torch.Tensor, selection_bias: torch.Tensor | None = None, group: torch.Tensor | None = None
+    ) -> Slots:
         n, e = weights.shape
         k = self.k or e
-        ranking = weights if selection_bias is None else weights + selection_bias     # [N, E]
+        ranking = weights if selection_bias is None else weights + selection_bias  # [N, E]
         if self.k:
-            expert = ranking.topk(k, dim=-1).indices                                   # [N, k]
+            expert = ranking.topk(k, dim=-1).indices  # [N, k]
         else:
-            expert = ranking.argsort(dim=-1, descending=True, stable=True)             # [N, E] by preference
-        weight = weights.gather(-1, expert)                                            # [N, k]
+            expert = ranking.argsort(dim=-1, descending=True, stable=True)  # [N, E] by preference
+        weight = weights.gather(-1, expert)  # [N, k]
         if self.renormalize:
             weight = weight / weight.sum(-1, keepdim=True).clamp_min(1e-9)
         token = torch.arange(n, device=weights.device).unsqueeze(1).expand(n, k)
