@@ -1,4 +1,5 @@
 """The tree is clean under the repo's ruff config (pyproject.toml: lint rules and the formatter)."""
+
 import shutil
 import subprocess
 from pathlib import Path
