@@ -45,7 +45,7 @@ class StatsCollector:
     def summary(self) -> dict:
         """Overall means across MoE layers plus the per-layer detail."""
         layers = [s.summary() for s in self.stats]
-        keys = ("experts_per_token", "load_cv", "max_violation", "routing_entropy", "dropped_fraction")
+        keys = ("experts_per_token", "load_cv", "max_violation", "router_z", "routing_entropy", "dropped_fraction")
         if not layers:
             return {**dict.fromkeys(keys), "layers": []}
         return {**{k: sum(layer[k] for layer in layers) / len(layers) for k in keys}, "layers": layers}

@@ -70,7 +70,7 @@ class ByPosition(CapacityPolicy):
 
     @classmethod
     def is_causal(cls, cfg) -> bool:
-        return cfg.top_k == 1
+        return cfg.k_routed == 1
 
 
 @CAPACITY_POLICIES.register("token_order")
@@ -113,7 +113,7 @@ def apply_capacity(slots: Slots, group: torch.Tensor | None, cfg) -> tuple[Slots
     slot_group = group[slots.token]  # [S]
     n_groups = int(group.max()) + 1
     if cfg.causal:  # fixed: never counts the slots of later tokens
-        c = math.ceil(cfg.capacity_factor * cfg.group_len * cfg.top_k / n_experts)
+        c = math.ceil(cfg.capacity_factor * cfg.group_len * cfg.k_routed / n_experts)
         capacity = torch.full((n_groups,), c, dtype=torch.long, device=group.device)
     else:
         slots_per_group = torch.bincount(slot_group, minlength=n_groups)  # [G]

@@ -109,6 +109,12 @@ class MoEConfig:
         """Hidden width of one routed expert."""
         return self.d_ff
 
+    @property
+    def k_routed(self) -> int:
+        """Routed experts each token picks (0: soft routing). Selection, capacity and FLOPs read this,
+        not top_k, so an option may redefine how many routed experts k stands for."""
+        return self.top_k
+
     # ---------------------------------------------------------------- validation
     def components(self) -> list[type]:
         """The registered classes this layer uses (balancing rules: the enabled ones)."""

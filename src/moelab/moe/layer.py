@@ -14,13 +14,13 @@ from .init import InitConfig
 from .normalisers import NORMALISERS, build_normaliser
 from .routers import ROUTERS, build_router
 from .selection import build_selection
-from .stats import RoutingStats, experts_per_token_hist, max_violation, routing_entropy_sum
+from .stats import RoutingStats, experts_per_token_hist, max_violation, router_z_sum, routing_entropy_sum
 
 
 def moe_flops_per_token(cfg: MoEConfig, experts_per_token: float | None = None) -> dict[str, float]:
     """Forward matmul FLOPs per token of one MoE layer, split into router and experts.
     experts_per_token: the realised number (default: k, or every expert for soft routing)."""
-    k = experts_per_token if experts_per_token is not None else float(cfg.top_k or cfg.n_routed)
+    k = experts_per_token if experts_per_token is not None else float(cfg.k_routed or cfg.n_routed)
     return {
         "router": ROUTERS.get(cfg.router).flops_per_token(cfg),
         "experts": k * EXPERTS.get(cfg.expert).flops_per_token(cfg),
@@ -78,7 +78,7 @@ class MoELayer(nn.Module):
         )
         self.balancing_loss = self._balancing_loss(scores, weights, slots.expert)
         if self.record_stats:
-            self._record(h.shape[0], slots, kept, n_dropped, weights, tokens_per_expert, real)
+            self._record(h.shape[0], slots, kept, n_dropped, scores, weights, tokens_per_expert, real)
         if real is not None:  # out is [N, d] in x's dtype (dispatch_combine)
             out = torch.zeros_like(flat).index_copy_(0, real, out)
         return out.reshape(b, t, d)
@@ -110,17 +110,17 @@ class MoELayer(nn.Module):
                 loss = loss + term
         return loss
 
-    def _record(self, n_tokens, slots, kept, n_dropped, weights, tokens_per_expert, real) -> None:
-        entropy = routing_entropy_sum(weights) if self.on_simplex else 0.0
+    def _record(self, n_tokens, slots, kept, n_dropped, scores, weights, tokens_per_expert, real) -> None:
         self.last_stats = RoutingStats(
-            float(n_tokens),
-            float(slots.token.numel()),
-            float(n_dropped),
-            entropy,
-            1.0,
-            max_violation(tokens_per_expert),
-            tokens_per_expert.detach().cpu(),
-            experts_per_token_hist(kept.token, n_tokens, self.cfg.n_routed),
+            tokens=float(n_tokens),
+            slots_selected=float(slots.token.numel()),
+            slots_dropped=float(n_dropped),
+            entropy_sum=routing_entropy_sum(weights) if self.on_simplex else 0.0,
+            batches=1.0,
+            max_violation_sum=max_violation(tokens_per_expert),
+            router_z_sum=router_z_sum(scores),
+            tokens_per_expert=tokens_per_expert.detach().cpu(),
+            experts_per_token_hist=experts_per_token_hist(kept.token, n_tokens, self.cfg.n_routed),
         )
         position = kept.token if real is None else real[kept.token]
         self.last_assignment = (position.detach(), kept.expert.detach())

@@ -15,12 +15,21 @@ class RoutingStats:
     entropy_sum: float = 0.0  # sum over tokens of -sum_i p_i log p_i of the router weights
     batches: float = 0.0  # forward passes summed here
     max_violation_sum: float = 0.0  # sum over forward passes of MaxVio (see max_violation)
+    router_z_sum: float = 0.0  # sum over tokens of logsumexp(router scores)^2 (the z-loss term)
     tokens_per_expert: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # [E] computed slots
     # [k_max + 1]: entry j = number of tokens computed by exactly j experts (after capacity drops)
     experts_per_token_hist: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
     def __iadd__(self, other: RoutingStats) -> RoutingStats:
-        for name in ("tokens", "slots_selected", "slots_dropped", "entropy_sum", "batches", "max_violation_sum"):
+        for name in (
+            "tokens",
+            "slots_selected",
+            "slots_dropped",
+            "entropy_sum",
+            "batches",
+            "max_violation_sum",
+            "router_z_sum",
+        ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         if self.tokens_per_expert.numel() == 0:
             self.tokens_per_expert = other.tokens_per_expert.clone()
@@ -40,6 +49,7 @@ class RoutingStats:
             "expert_share": [v / max(load.sum().item(), 1.0) for v in load.tolist()],
             "load_cv": cv,
             "max_violation": self.max_violation_sum / max(self.batches, 1.0),
+            "router_z": self.router_z_sum / tokens,
             "routing_entropy": self.entropy_sum / tokens,
             "dropped_fraction": self.slots_dropped / max(self.slots_selected, 1.0),
             "experts_per_token": (self.slots_selected - self.slots_dropped) / tokens,
@@ -67,6 +77,11 @@ def _add_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     out = a.clone()
     out[: b.numel()] += b.to(out.dtype)
     return out
+
+
+def router_z_sum(scores: torch.Tensor) -> float:
+    """sum over tokens of logsumexp(scores)^2: how large the router logits are (ST-MoE's z-loss, summed)."""
+    return float(torch.logsumexp(scores.detach().float(), dim=-1).pow(2).sum())
 
 
 def routing_entropy_sum(weights: torch.Tensor) -> float:

@@ -372,7 +372,7 @@ class SummarizationTask(Task):
         realised per MoE layer (default k, or E for soft routing); see seq2seq_flops_per_token."""
         moe, cfg = self.run.model.moe, self.hf_config
         if moe is not None and experts_per_token is None:
-            k = float(moe.top_k or moe.n_routed)
+            k = float(moe.k_routed or moe.n_routed)
             experts_per_token = [k] * (cfg.num_layers + cfg.num_decoder_layers)  # iterator stops at the real count
         return seq2seq_flops_per_token(
             cfg, context or self.data.max_source_len, n_target or self.data.max_target_len, moe, experts_per_token

@@ -22,7 +22,7 @@ class TokenChoice(Component, nn.Module):
         super().__init__()
         from ..normalisers import NORMALISERS
 
-        self.k = cfg.top_k
+        self.k = cfg.k_routed
         # sigmoid gating (DeepSeek-V3) always normalises over the selected experts
         self.renormalize = cfg.renormalize or getattr(NORMALISERS.get(cfg.norm), "renormalize_selected", False)
 
