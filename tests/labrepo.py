@@ -1,35 +1,160 @@
-"""A throwaway moelab DVC project (git + dvc init) with tiny LM-only params, for end-to-end tests."""
+"""A throwaway moelab DVC project (git + dvc init) with tiny params, for end-to-end tests and
+scripts/bench_pipeline.py: one LM cell (`tiny`), one cell of every task (`tiny_tasks`), or every
+cell of the default study, each tiny (`tiny_study`: the same stages, lock file and outputs as the
+real study, in minutes). The lab runs its own copy of the sources (PYTHONPATH=<lab>/src: `lab_env`).
 
+`install_shim` puts a `moelab` first on PATH that runs the real command and appends what it imported
+and how long each part took to a JSON-lines log: how the tests see what each stage's command really
+imports, and how the script splits a `dvc repro` into start-up, imports, work and DVC's own time.
+"""
+
+import os
 import shutil
+import stat
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# what a lab copies from the repo besides src/ and the corpora (those that exist in the source)
+PROJECT_FILES = ("dvc.yaml", "fingerprints/dvc.yaml", ".gitignore", ".dvcignore")
+
+TINY_TASKS = {  # each task's data / evaluate shrunk to seconds (train is shrunk alike for every task)
+    "lm": dict(
+        data=dict(max_records=40, vocab_size=300, seq_len=32),
+        evaluate=dict(max_batches=2, samples=1, sample_tokens=8),
+    ),
+    "summarization": dict(
+        data=dict(max_records=40, vocab_size=300, max_source_len=32, max_target_len=8),
+        evaluate=dict(batch_size=4, max_batches=1, samples=1, max_new_tokens=6),
+    ),
+    "classification": dict(
+        data=dict(max_records=60, vocab_size=300, seq_len=24),
+        evaluate=dict(batch_size=8, max_batches=1, samples=1),
+    ),
+}
+ONE_CELL = dict(routers=["linear"], gates=["softmax-top2"], models=["e8"], seeds=[0])
 
 
-def tiny(params: dict) -> dict:
-    """The default params shrunk to one LM cell that trains in seconds."""
-    params.update(tasks=["lm"], routers=["linear"], gates=["softmax-top2"], models=["e8"], seeds=[0])
-    params["lm"]["data"].update(max_records=40, vocab_size=300, seq_len=32)
-    params["lm"]["train"].update(
-        steps=6, batch_size=4, eval_every=3, eval_batches=2, checkpoint_every=3, warmup_steps=2
-    )
-    params["lm"]["evaluate"].update(max_batches=2, samples=1, sample_tokens=8)
+def shrink(params: dict, tasks: list[str]) -> dict:
+    """Tiny data, training, evaluation and benchmark for `tasks`; the study lists are left alone."""
+    for task in tasks:
+        for section, values in TINY_TASKS[task].items():
+            params[task][section].update(values)
+        params[task]["train"].update(
+            steps=6, batch_size=4, eval_every=3, eval_batches=2, checkpoint_every=3, warmup_steps=2
+        )
     params["benchmark"].update(batch_size=2, repeats=10, warmup=1)
     params["benchmark"]["layer"].update(tokens=[64], d_model=32, d_ff=64, n_experts=4, repeats=10, warmup=1)
     return params
 
 
-def make_lab(repo: Path, sh: Callable[[str, Path], str]) -> Path:
-    """Copy the sources, corpora and pipeline into `repo`, write tiny params, git + dvc init, commit."""
-    shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    shutil.copytree(ROOT / "data" / "corpora", repo / "data" / "corpora")
-    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copy(ROOT / ".gitignore", repo / ".gitignore")
-    params = tiny(yaml.safe_load((ROOT / "params.yaml").read_text()))
+def tiny(params: dict) -> dict:
+    """The default params shrunk to one LM cell that trains in seconds."""
+    params.update(tasks=["lm"], **ONE_CELL)
+    return shrink(params, ["lm"])
+
+
+def tiny_tasks(params: dict) -> dict:
+    """One tiny cell of every task (each command then runs every task's code)."""
+    params.update(ONE_CELL)
+    return shrink(params, params["tasks"])
+
+
+def tiny_study(params: dict) -> dict:
+    """Every cell of the default study (task x router x gate x model x seed), each tiny."""
+    return shrink(params, params["tasks"])
+
+
+def make_lab(
+    repo: Path, sh: Callable[[str, Path], str], shape: Callable[[dict], dict] = tiny, source: Path = ROOT
+) -> Path:
+    """Copy the sources, corpora and pipeline of `source` (the repo, or a checkout of another
+    revision) into `repo`, write the params `shape` makes of its params.yaml, git + dvc init with
+    its .dvc/config, commit."""
+    shutil.copytree(source / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(source / "data" / "corpora", repo / "data" / "corpora")
+    for name in PROJECT_FILES:
+        if (source / name).exists():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source / name, repo / name)
+    params = shape(yaml.safe_load((source / "params.yaml").read_text()))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh("git init -q && dvc init -q && dvc config core.analytics false && dvc config core.check_update false", repo)
+    sh("git init -q && dvc init -q", repo)
+    shutil.copy(source / ".dvc" / "config", repo / ".dvc" / "config")
     sh("git add -A && git commit -qm init", repo)
     return repo
+
+
+def lab_env(repo: Path, **extra: str) -> dict:
+    """The environment a lab's commands run in: its own sources, offline hubs, a git identity."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(repo / "src"),
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        **extra,
+    }
+
+
+SHIM = '''#!{python}
+"""moelab, recording its imports and timings to $MOELAB_SHIM_LOG (tests/labrepo.py install_shim)."""
+import importlib._bootstrap as bootstrap
+import json
+import os
+import sys
+import time
+
+shim_start = time.clock_gettime(time.CLOCK_BOOTTIME)
+with open("/proc/self/stat") as f:  # field 22: start time in clock ticks after boot
+    process_start = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+find_and_load, nesting, import_s = bootstrap._find_and_load, [0], [0.0]
+
+
+def timed_find_and_load(name, import_):
+    """Time spent importing, counted once for an import that triggers others."""
+    nesting[0] += 1
+    start = time.perf_counter()
+    try:
+        return find_and_load(name, import_)
+    finally:
+        nesting[0] -= 1
+        if not nesting[0]:
+            import_s[0] += time.perf_counter() - start
+
+
+bootstrap._find_and_load = timed_find_and_load
+from moelab.cli import main  # noqa: E402
+
+rc = main(sys.argv[1:])
+end = time.clock_gettime(time.CLOCK_BOOTTIME)
+record = {{
+    "argv": sys.argv[1:],
+    "rc": rc,
+    "moelab_modules": sorted(m for m in sys.modules if m == "moelab" or m.startswith("moelab.")),
+    "packages": sorted({{m.split(".")[0] for m in sys.modules}}),
+    "startup_s": shim_start - process_start,
+    "import_s": import_s[0],
+    "run_s": end - shim_start - import_s[0],
+    "total_s": end - process_start,
+    "cpu_s": sum(os.times()[:2]),
+}}
+with open(os.environ["MOELAB_SHIM_LOG"], "a") as f:
+    f.write(json.dumps(record) + "\\n")
+sys.exit(rc)
+'''
+
+
+def install_shim(bin_dir: Path) -> Path:
+    """Write the recording `moelab` into bin_dir (put it first on PATH, set MOELAB_SHIM_LOG)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / "moelab"
+    shim.write_text(SHIM.format(python=sys.executable))
+    shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return shim

@@ -1,29 +1,34 @@
-"""End to end: `dvc repro`, `dvc exp run -S router=attention`, `dvc metrics diff` in a fresh git repo."""
+"""End to end in a fresh git repo: `dvc repro`, the benchmark, a shared cache (push, a fresh clone
+pulls and re-measures only what depends on the machine), `dvc exp run -S router=attention`,
+`dvc exp show` and `dvc metrics diff`."""
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from labrepo import make_lab
+from labrepo import lab_env, make_lab
+
+MACHINE = "fingerprints/dvc.yaml:machine"
+# the params that name a cell and the headline metrics every experiment shows
+CELL_PARAMS = ("task", "router", "norm", "top_k", "model", "seed")
+HEADLINE = ("test_ppl", "flops_per_token", "experts_per_token", "load_cv", "wall_s")
 
 
-def sh(cmd: str, cwd: Path) -> str:
-    env = {
-        **os.environ,
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-    }
-    proc = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+def sh(cmd: str, cwd: Path, **env: str) -> str:
+    proc = subprocess.run(
+        cmd, shell=True, cwd=cwd, env=lab_env(cwd, **env), capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +38,7 @@ def lab(tmp_path_factory) -> Path:
 
 def test_repro_writes_metrics_for_every_variant(lab):
     out = sh("dvc repro", lab)
-    assert "train@lm-linear-softmax-top2-e8" in out and "train-dense@lm" in out and "reference@lm" in out
+    assert {"train@lm-linear-softmax-top2-e8", "train-dense@lm", "reference@lm"} <= stages_run(out)
     summary = json.loads((lab / "metrics" / "summary.json").read_text())
     for gating in ("linear-softmax-top2", "dense"):
         cell = summary["lm"][gating]["e8"]
@@ -45,9 +50,7 @@ def test_repro_writes_metrics_for_every_variant(lab):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plots/lm_{name}.png" in figures
     assert any(k.endswith("/live/plots/metrics/train/loss.tsv") for k in figures)  # DVCLive curves
     again = sh("dvc repro", lab)
-    assert "Running stage 'machine'" in again, "the machine fingerprint is re-read on every repro"
-    assert "Running stage 'benchmark'" not in again, "same machine, code and params: nothing to re-measure"
-    assert "Running stage 'train@" not in again and "Running stage 'evaluate@" not in again
+    assert stages_run(again) == {MACHINE}, "same machine, code and params: only the fingerprint is re-read"
     sh("git add -A && git commit -qm baseline", lab)
 
 
@@ -65,13 +68,39 @@ def test_benchmark_stage_measures_every_variant_and_the_layer(lab):
     assert "| lm | linear-softmax-top2-e8 |" in table and "| 64 | 1 | hf-switch |" in table
 
 
-def test_exp_run_changes_only_the_experiment_and_metrics_diff_shows_it(lab):
+def test_a_fresh_clone_pulls_the_study_and_re_measures_only_the_benchmark(lab, tmp_path):
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    sh(f"dvc remote modify --local shared url '{remote}' && dvc push", lab)  # the documented override
+    sh(f"git clone -q '{lab}' '{clone}'", tmp_path)
+    sh(f"dvc remote modify --local shared url '{remote}' && dvc pull", clone)
+    assert (clone / "models" / "lm" / "linear-softmax-top2-e8" / "s0" / "best.pt").is_file()
+    assert stages_run(sh("dvc repro", clone)) == {MACHINE}, "pulled results are up to date: nothing trains"
+    threads = str(int(os.environ.get("OMP_NUM_THREADS") or "1") + 1)  # another machine's fingerprint
+    assert stages_run(sh("dvc repro", clone, OMP_NUM_THREADS=threads)) == {MACHINE, "benchmark", "report"}
+
+
+def test_exp_run_changes_only_the_experiment_and_shows_readably(lab):
     out = sh("dvc exp run -S router=attention", lab)
-    assert "Running stage 'exp-train'" in out and "Running stage 'exp-evaluate'" in out
-    assert "Running stage 'train@" not in out, "the study must not re-run for a one-experiment change"
-    shown = sh("dvc exp show --no-pager --csv", lab)
-    header, *rows = shown.strip().splitlines()
-    assert "router" in header and any(",attention," in r for r in rows)
+    assert stages_run(out) == {MACHINE, "exp-train", "exp-evaluate"}, "the study must not re-run"
+    header, *rows = sh("dvc exp show --no-pager --csv", lab).strip().splitlines()
+    columns = header.split(",")
+    assert set(CELL_PARAMS + HEADLINE) <= set(columns) and any(",attention," in r for r in rows)
+    assert not [c for c in columns if "_meta" in c or "config" in c]
+    shown = json.loads(sh("dvc exp show --no-pager --json", lab))[0]["data"]
+    assert set(shown["metrics"]) == {"metrics/exp/train.json", "metrics/exp/eval.json"}, "only the experiment's"
+    metrics = [v for f in shown["metrics"].values() for v in f["data"].values()]
+    assert all(isinstance(v, (int, float)) for v in metrics), "metrics are numbers, provenance is elsewhere"
+    params = flat(yaml.safe_load((lab / "params.yaml").read_text()))
+    # DVC shows every key of params.yaml; besides those: rev info, the experiment's metrics, ~16 deps
+    assert len(columns) - len(params) <= 8 + len(metrics) + 20, columns
     diff = sh("dvc metrics diff", lab)
     assert "metrics/exp/eval.json" in diff and "test_ppl" in diff
+    assert "metrics/study" not in diff and "_meta" not in diff and "config" not in diff
     assert yaml.safe_load((lab / "params.yaml").read_text())["router"] == "attention"
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out

@@ -21,6 +21,7 @@ COMMANDS = {  # name: (module, help)
     "benchmark": ("moelab.bench.single", "parameters, FLOPs, latency and memory of one variant"),
     "bench": ("moelab.bench.cli", "benchmark every study variant and the MoE layer; print the tables"),
     "machine": ("moelab.machine", "write the machine fingerprint the benchmark's timings depend on"),
+    "code": ("moelab.stages", "write the hash of the code each pipeline stage runs (what dvc.yaml depends on)"),
     "report": ("moelab.report.cli", "aggregate the study into metrics/summary.{json,md} and plots/"),
     "check": ("moelab.config.check", "validate params.yaml (and list the registered components)"),
 }

@@ -1,7 +1,7 @@
 """The machine fingerprint: what benchmark timings depend on besides code and params (CPU model,
 cores and threads, torch version, accelerator). Cheap (no torch import), so the always-run
-`machine` stage costs a fraction of a second, and its output only changes when the machine does;
-the benchmark stage depends on it instead of being always_changed."""
+`machine` stage (fingerprints/dvc.yaml) costs a fraction of a second, and its output only changes
+when the machine does; the benchmark stage depends on it instead of being always_changed."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def fingerprint() -> dict:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--out", default="metrics/machine.json")
+    p.add_argument("--out", default="fingerprints/machine.json")
 
 
 def run(args) -> None:
@@ -64,10 +64,9 @@ def run(args) -> None:
 
     from .io import atomic_write_text
 
-    text = json.dumps(fingerprint(), indent=2) + "\n"
+    machine = fingerprint()
+    text = json.dumps(machine, indent=2) + "\n"
     path = Path(args.out)
     if not path.exists() or path.read_text() != text:  # unchanged machine: the file is not touched
         atomic_write_text(path, text)
-    print(
-        f"machine: {json.loads(text)['cpu']}, {json.loads(text)['usable_cpus']} CPUs, torch {json.loads(text)['torch']}"
-    )
+    print(f"machine: {machine['cpu']}, {machine['usable_cpus']} CPUs, torch {machine['torch']}")

@@ -1,0 +1,45 @@
+"""The code each pipeline stage runs, and `moelab code`, which writes one hash per stage kind.
+
+The stages of dvc.yaml depend on fingerprints/code/<kind>.json instead of listing source files, so
+editing report or benchmark code re-runs no training, and DVC's lock file holds one entry per stage
+instead of one per source path (DVC re-reads and rewrites the whole lock after every stage it runs).
+tests/test_pipeline.py checks every list against the modules the real commands import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .provenance import CELL, COMMAND, PARAMS, PREPARED, TRAIN_CODE, code_files, code_hash
+
+# stage kind: package-relative paths of the code its command imports
+STAGE_CODE = {
+    "prepare": (*COMMAND, *PARAMS, "data", "locking.py"),
+    "reference": (*COMMAND, *PARAMS, *PREPARED, "reference.py"),
+    "train": TRAIN_CODE,  # also hashed into every checkpoint
+    "evaluate": (*COMMAND, *PARAMS, *PREPARED, *CELL, "evaluate.py", "flops.py"),
+    "bench": (
+        *(*COMMAND, *PARAMS, *PREPARED, "checkpoint.py", "evaluate.py", "flops.py"),
+        *("bench/__init__.py", "bench/cli.py", "bench/models.py", "bench/layer.py"),  # not single.py: one variant
+    ),
+    "report": (*COMMAND, *PARAMS, "report"),
+}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", default="fingerprints/code", help="directory: one <kind>.json per stage kind")
+
+
+def run(args) -> None:
+    import json
+
+    from .io import atomic_write_text
+    from .provenance import PACKAGE
+
+    for kind, parts in STAGE_CODE.items():
+        files = [str(f.relative_to(PACKAGE)) for f in code_files(parts)]
+        text = json.dumps({"code": code_hash(parts), "files": files}, indent=2) + "\n"
+        path = Path(args.out) / f"{kind}.json"
+        if not path.exists() or path.read_text() != text:  # unchanged code: the file is not touched
+            atomic_write_text(path, text)
+        print(f"code of {kind}: {code_hash(parts)} ({len(files)} files)")

@@ -1,0 +1,149 @@
+"""The pipeline's wiring: every stage depends on the hash of exactly the code its command imports
+(fingerprints/code/<kind>.json, lists in moelab/stages.py), so editing report or benchmark code
+re-runs no training; bytecode, caches and editor files are never dependencies; the machine
+fingerprint is cheap and stable.
+
+One throwaway lab (a tiny cell of every task) is reproduced once with a `moelab` on PATH that
+records the modules each command really imported (tests/labrepo.py install_shim).
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labrepo import install_shim, lab_env, make_lab, tiny_tasks
+from moelab.provenance import TRAIN_CODE, code_files
+from moelab.stages import STAGE_CODE
+
+CODE_DEP = "fingerprints/code/"
+MACHINE = "fingerprints/dvc.yaml:machine"
+
+
+def sh(cmd: str, cwd: Path, **env: str) -> str:
+    proc = subprocess.run(
+        cmd, shell=True, cwd=cwd, env=lab_env(cwd, **env), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+def changed_stages(repo: Path) -> set[str]:
+    """Stages `dvc status` reports, less the always-run machine stage."""
+    return set(json.loads(sh("dvc status --json", repo))) - {MACHINE}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> tuple[Path, list[dict]]:
+    root = tmp_path_factory.mktemp("pipeline")
+    repo = make_lab(root / "lab", sh, tiny_tasks)
+    log = root / "commands.jsonl"
+    install_shim(root / "bin")
+    sh("dvc repro", repo, PATH=f"{root / 'bin'}:{os.environ['PATH']}", MOELAB_SHIM_LOG=str(log))
+    sh("git add -A && git commit -qm study", repo)
+    return repo, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def module_file(src: Path, module: str) -> str:
+    """moelab.x.y -> x/y.py or x/y/__init__.py (relative to the package)."""
+    path = src.joinpath(*module.split("."))
+    return str((path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).relative_to(src / "moelab"))
+
+
+def pipeline_stages(repo: Path) -> list[tuple[str, str, str, list[str]]]:
+    """(dvc.yaml file, stage name, cmd, deps) of every stage of the lab, as DVC resolves them."""
+    from dvc.repo import Repo
+
+    with Repo(str(repo)) as dvc_repo:
+        return [
+            (str(Path(s.path).relative_to(repo)), s.name, s.cmd, [str(d.def_path) for d in s.deps])
+            for s in dvc_repo.index.stages
+        ]
+
+
+def test_every_stage_depends_on_the_hash_of_exactly_the_code_its_command_imports(lab):
+    repo, records = lab
+    imported: dict[str, set[str]] = {kind: set() for kind in STAGE_CODE}
+    for dvc_file, name, cmd, deps in pipeline_stages(repo):
+        if dvc_file != "dvc.yaml":  # fingerprints/dvc.yaml: machine and code, which the code hashes come from
+            continue
+        code_deps = [d for d in deps if d.startswith(CODE_DEP)]
+        assert len(code_deps) == 1 and not [d for d in deps if d.startswith("src/")], f"{name}: {deps}"
+        kind = code_deps[0].removeprefix(CODE_DEP).removesuffix(".json")
+        (record,) = [r for r in records if r["argv"] == shlex.split(cmd)[1:]]  # each stage ran once
+        imported[kind] |= {module_file(repo / "src", m) for m in record["moelab_modules"]}
+    for kind, parts in STAGE_CODE.items():
+        declared = {str(f.relative_to(repo / "src" / "moelab")) for f in code_files(parts, repo / "src" / "moelab")}
+        assert imported[kind], f"no stage of dvc.yaml depends on {CODE_DEP}{kind}.json"
+        missing, unused = sorted(imported[kind] - declared), sorted(declared - imported[kind])
+        assert not missing and not unused, (
+            f"stage kind {kind}: imported but not in moelab/stages.py STAGE_CODE: {missing}; declared but never "
+            f"imported: {unused}"
+        )
+    assert STAGE_CODE["train"] is TRAIN_CODE
+
+
+def test_the_fingerprint_commands_never_import_torch(lab):
+    _, records = lab
+    for command in ("machine", "code"):
+        (record,) = [r for r in records if r["argv"][0] == command]
+        assert "torch" not in record["packages"] and record["rc"] == 0
+
+
+def test_train_stages_depend_on_the_code_hash_their_checkpoints_record(lab):
+    repo, _ = lab
+    train_code = json.loads((repo / "fingerprints" / "code" / "train.json").read_text())["code"]
+    metas = sorted((repo / "metrics" / "study").glob("*/*/train/s0.meta.json"))
+    assert len(metas) == 6  # 3 tasks x (one MoE variant + dense)
+    assert {json.loads(m.read_text())["code"] for m in metas} == {train_code}
+
+
+@pytest.mark.parametrize("edited, reruns", [("report/plots.py", {"report"}), ("bench/layer.py", {"benchmark"})])
+def test_editing_report_or_benchmark_code_reruns_no_training(lab, edited, reruns):
+    repo, _ = lab
+    path = repo / "src" / "moelab" / edited
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# edited\n")
+        assert changed_stages(repo) == {"fingerprints/dvc.yaml:code"}, "only the code hashes are out of date"
+        sh("dvc repro --single-item fingerprints/dvc.yaml:code", repo)
+        assert changed_stages(repo) == reruns
+    finally:
+        path.write_text(original)
+        sh("dvc repro --single-item fingerprints/dvc.yaml:code", repo)
+    assert changed_stages(repo) == set()
+
+
+def test_bytecode_caches_and_editor_files_are_never_dependencies(lab):
+    repo, _ = lab
+    package = repo / "src" / "moelab"
+    env = {k: v for k, v in lab_env(repo).items() if k != "PYTHONDONTWRITEBYTECODE"}
+    import_all = (
+        "import importlib, pkgutil, moelab\n"
+        "for m in pkgutil.walk_packages(moelab.__path__, 'moelab.'):\n"
+        "    if m.name != 'moelab.__main__': importlib.import_module(m.name)"
+    )
+    subprocess.run([sys.executable, "-c", import_all], cwd=repo, env=env, check=True)
+    assert list(package.rglob("__pycache__/*.pyc")), "importing wrote no bytecode: the test proves nothing"
+    for junk in ("io.py~", ".#io.py", ".io.py.swp", ".pytest_cache/v/cache/lastfailed", ".ruff_cache/CACHEDIR.TAG"):
+        (package / junk).parent.mkdir(parents=True, exist_ok=True)
+        (package / junk).write_text("x")
+    assert changed_stages(repo) == set()
+
+
+def test_machine_fingerprint_is_stable_and_changes_with_the_threads(tmp_path):
+    out = tmp_path / "machine.json"
+
+    def machine(threads: str) -> str:
+        command = [sys.executable, "-m", "moelab", "machine", "--out", str(out)]
+        subprocess.run(command, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": threads})
+        return out.read_text()
+
+    first = machine("1")
+    stamp = out.stat().st_mtime_ns
+    assert machine("1") == first and out.stat().st_mtime_ns == stamp, "same machine: the file is left alone"
+    assert json.loads(machine("2"))["omp_num_threads"] == "2" and out.read_text() != first
