@@ -4,8 +4,9 @@ cell of the default study, each tiny (`tiny_study`: the same stages, lock file a
 real study, in minutes). The lab runs its own copy of the sources (PYTHONPATH=<lab>/src: `lab_env`).
 
 `install_shim` puts a `moelab` first on PATH that runs the real command and appends what it imported
-and how long each part took to a JSON-lines log: how the tests see what each stage's command really
-imports, and how the script splits a `dvc repro` into start-up, imports, work and DVC's own time.
+and how long each part took to a JSON-lines log (moelab_shim.py): how the tests see what each stage's
+command really imports, and how the script splits a `dvc repro` into start-up, imports, work and
+DVC's own time.
 """
 
 import os
@@ -103,58 +104,11 @@ def lab_env(repo: Path, **extra: str) -> dict:
     }
 
 
-SHIM = '''#!{python}
-"""moelab, recording its imports and timings to $MOELAB_SHIM_LOG (tests/labrepo.py install_shim)."""
-import importlib._bootstrap as bootstrap
-import json
-import os
-import sys
-import time
-
-shim_start = time.clock_gettime(time.CLOCK_BOOTTIME)
-with open("/proc/self/stat") as f:  # field 22: start time in clock ticks after boot
-    process_start = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
-find_and_load, nesting, import_s = bootstrap._find_and_load, [0], [0.0]
-
-
-def timed_find_and_load(name, import_):
-    """Time spent importing, counted once for an import that triggers others."""
-    nesting[0] += 1
-    start = time.perf_counter()
-    try:
-        return find_and_load(name, import_)
-    finally:
-        nesting[0] -= 1
-        if not nesting[0]:
-            import_s[0] += time.perf_counter() - start
-
-
-bootstrap._find_and_load = timed_find_and_load
-from moelab.cli import main  # noqa: E402
-
-rc = main(sys.argv[1:])
-end = time.clock_gettime(time.CLOCK_BOOTTIME)
-record = {{
-    "argv": sys.argv[1:],
-    "rc": rc,
-    "moelab_modules": sorted(m for m in sys.modules if m == "moelab" or m.startswith("moelab.")),
-    "packages": sorted({{m.split(".")[0] for m in sys.modules}}),
-    "startup_s": shim_start - process_start,
-    "import_s": import_s[0],
-    "run_s": end - shim_start - import_s[0],
-    "total_s": end - process_start,
-    "cpu_s": sum(os.times()[:2]),
-}}
-with open(os.environ["MOELAB_SHIM_LOG"], "a") as f:
-    f.write(json.dumps(record) + "\\n")
-sys.exit(rc)
-'''
-
-
 def install_shim(bin_dir: Path) -> Path:
-    """Write the recording `moelab` into bin_dir (put it first on PATH, set MOELAB_SHIM_LOG)."""
+    """Write a `moelab` into bin_dir that runs tests/moelab_shim.py (put bin_dir first on PATH and
+    set MOELAB_SHIM_LOG): the real command, plus one JSON line of its imports and timings."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    shim = bin_dir / "moelab"
-    shim.write_text(SHIM.format(python=sys.executable))
-    shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    return shim
+    launcher = bin_dir / "moelab"
+    launcher.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).with_name("moelab_shim.py")}" "$@"\n')
+    launcher.chmod(launcher.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return launcher

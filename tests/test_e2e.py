@@ -17,6 +17,7 @@ MACHINE = "fingerprints/dvc.yaml:machine"
 # the params that name a cell and the headline metrics every experiment shows
 CELL_PARAMS = ("task", "router", "norm", "top_k", "model", "seed")
 HEADLINE = ("test_ppl", "flops_per_token", "experts_per_token", "load_cv", "wall_s")
+pytestmark = pytest.mark.slow  # each test runs dvc in a throwaway lab
 
 
 def sh(cmd: str, cwd: Path, **env: str) -> str:

@@ -65,6 +65,7 @@ def pipeline_stages(repo: Path) -> list[tuple[str, str, str, list[str]]]:
         ]
 
 
+@pytest.mark.slow
 def test_every_stage_depends_on_the_hash_of_exactly_the_code_its_command_imports(lab):
     repo, records = lab
     imported: dict[str, set[str]] = {kind: set() for kind in STAGE_CODE}
@@ -87,6 +88,7 @@ def test_every_stage_depends_on_the_hash_of_exactly_the_code_its_command_imports
     assert STAGE_CODE["train"] is TRAIN_CODE
 
 
+@pytest.mark.slow
 def test_the_fingerprint_commands_never_import_torch(lab):
     _, records = lab
     for command in ("machine", "code"):
@@ -94,6 +96,7 @@ def test_the_fingerprint_commands_never_import_torch(lab):
         assert "torch" not in record["packages"] and record["rc"] == 0
 
 
+@pytest.mark.slow
 def test_train_stages_depend_on_the_code_hash_their_checkpoints_record(lab):
     repo, _ = lab
     train_code = json.loads((repo / "fingerprints" / "code" / "train.json").read_text())["code"]
@@ -102,6 +105,7 @@ def test_train_stages_depend_on_the_code_hash_their_checkpoints_record(lab):
     assert {json.loads(m.read_text())["code"] for m in metas} == {train_code}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edited, reruns", [("report/plots.py", {"report"}), ("bench/layer.py", {"benchmark"})])
 def test_editing_report_or_benchmark_code_reruns_no_training(lab, edited, reruns):
     repo, _ = lab
@@ -118,6 +122,7 @@ def test_editing_report_or_benchmark_code_reruns_no_training(lab, edited, reruns
     assert changed_stages(repo) == set()
 
 
+@pytest.mark.slow
 def test_bytecode_caches_and_editor_files_are_never_dependencies(lab):
     repo, _ = lab
     package = repo / "src" / "moelab"

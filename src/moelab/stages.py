@@ -1,8 +1,9 @@
 """The code each pipeline stage runs, and `moelab code`, which writes one hash per stage kind.
 
 The stages of dvc.yaml depend on fingerprints/code/<kind>.json instead of listing source files, so
-editing report or benchmark code re-runs no training, and DVC's lock file holds one entry per stage
-instead of one per source path (DVC re-reads and rewrites the whole lock after every stage it runs).
+editing report or benchmark code re-runs no training, and DVC's lock file holds one code entry per
+stage instead of one per source path (DVC re-reads and rewrites the whole lock after every stage it
+runs, so its size is paid once per stage).
 tests/test_pipeline.py checks every list against the modules the real commands import.
 """
 
@@ -12,16 +13,15 @@ from pathlib import Path
 
 from .provenance import CELL, COMMAND, PARAMS, PREPARED, TRAIN_CODE, code_files, code_hash
 
+BENCH = ("bench/__init__.py", "bench/cli.py", "bench/models.py", "bench/layer.py")  # not single.py (one variant)
+
 # stage kind: package-relative paths of the code its command imports
 STAGE_CODE = {
     "prepare": (*COMMAND, *PARAMS, "data", "locking.py"),
     "reference": (*COMMAND, *PARAMS, *PREPARED, "reference.py"),
     "train": TRAIN_CODE,  # also hashed into every checkpoint
     "evaluate": (*COMMAND, *PARAMS, *PREPARED, *CELL, "evaluate.py", "flops.py"),
-    "bench": (
-        *(*COMMAND, *PARAMS, *PREPARED, "checkpoint.py", "evaluate.py", "flops.py"),
-        *("bench/__init__.py", "bench/cli.py", "bench/models.py", "bench/layer.py"),  # not single.py: one variant
-    ),
+    "bench": (*COMMAND, *PARAMS, *PREPARED, "checkpoint.py", "evaluate.py", "flops.py", *BENCH),
     "report": (*COMMAND, *PARAMS, "report"),
 }
 
