@@ -87,10 +87,15 @@ def breakdown(wall: float, cpu: float, records: list[dict]) -> dict[str, tuple[f
     share is what is left of the wall (CPU) time once every command's own is taken away."""
     parts: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
     for r in records:
-        kind = {"train": "train", "evaluate": "evaluate", "bench": "benchmark"}.get(r["argv"][0], "other commands")
+        kind = "benchmark" if r["argv"][0] == "bench" else "other commands"
         for name, key in (("process start", "startup"), ("imports", "import"), (kind, "run")):
             parts[name][0] += r[f"{key}_s"]
             parts[name][1] += r[f"{key}_cpu_s"]
+        for phase, (seconds, cpu_s) in r["phases"].items():  # train / evaluate, out of the command's run time
+            parts[phase][0] += seconds
+            parts[phase][1] += cpu_s
+            parts[kind][0] -= seconds
+            parts[kind][1] -= cpu_s
     own_cpu = sum(r["startup_cpu_s"] + r["import_cpu_s"] + r["run_cpu_s"] for r in records)
     parts["DVC"] = [wall - sum(r["total_s"] for r in records), cpu - own_cpu]
     return {name: (seconds, cpu_s) for name, (seconds, cpu_s) in parts.items()}
@@ -113,7 +118,7 @@ def measure(rev: str | None, shape: str, work: Path, noop_repeats: int) -> dict:
     noop = [lab.timed("dvc repro")[:2] for _ in range(noop_repeats)]
     wall, cpu, records = lab.timed("dvc exp run -S router=attention")
     exp = {"wall": wall, "cpu": cpu, "parts": breakdown(wall, cpu, records), "loops": train_loop_seconds(repo)}
-    exp["processes"] = sum(r["total_s"] for r in records if r["argv"][0] in ("train", "evaluate"))
+    exp["processes"] = sum(r["total_s"] for r in records if r["phases"])
     return {"label": label, "study": study, "noop": noop, "exp": exp}
 
 

@@ -1,6 +1,7 @@
 """`moelab`, recording what the command imported and where its time went: one JSON line appended to
 $MOELAB_SHIM_LOG per command (tests/labrepo.py install_shim puts it first on PATH). The real
-moelab.cli.main runs unchanged; only the import machinery is timed."""
+moelab.cli.main runs unchanged; the import machinery is timed, and so are the `run` functions of
+training and evaluation (`moelab cell` calls both), less the imports they trigger."""
 
 import importlib._bootstrap as bootstrap
 import json
@@ -13,6 +14,8 @@ with open("/proc/self/stat") as f:  # field 22: the process's start, in clock ti
     process_start = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
 find_and_load = bootstrap._find_and_load
 nesting, import_s, import_cpu = 0, 0.0, 0.0
+PHASES = {"moelab.train.cli": "train", "moelab.evaluate": "evaluate"}  # module whose run() is the phase
+phases = {}  # phase: [wall s, CPU s], imports excluded
 
 
 def timed_find_and_load(name, import_):
@@ -21,12 +24,28 @@ def timed_find_and_load(name, import_):
     nesting += 1
     start, cpu = time.perf_counter(), time.process_time()
     try:
-        return find_and_load(name, import_)
+        module = find_and_load(name, import_)
     finally:
         nesting -= 1
         if not nesting:
             import_s += time.perf_counter() - start
             import_cpu += time.process_time() - cpu
+    if name in PHASES:
+        module.run = timed_phase(module.run, PHASES[name])
+    return module
+
+
+def timed_phase(run, phase):
+    def timed_run(args):
+        start, cpu, imports = time.perf_counter(), time.process_time(), (import_s, import_cpu)
+        try:
+            return run(args)
+        finally:
+            spent = phases.setdefault(phase, [0.0, 0.0])
+            spent[0] += time.perf_counter() - start - (import_s - imports[0])
+            spent[1] += time.process_time() - cpu - (import_cpu - imports[1])
+
+    return timed_run
 
 
 bootstrap._find_and_load = timed_find_and_load
@@ -46,6 +65,7 @@ record = {
     "startup_cpu_s": startup_cpu,
     "import_cpu_s": import_cpu,
     "run_cpu_s": time.process_time() - startup_cpu - import_cpu,
+    "phases": phases,
 }
 with open(os.environ["MOELAB_SHIM_LOG"], "a") as f:
     f.write(json.dumps(record) + "\n")

@@ -39,7 +39,7 @@ def lab(tmp_path_factory) -> Path:
 
 def test_repro_writes_metrics_for_every_variant(lab):
     out = sh("dvc repro", lab)
-    assert {"train@lm-linear-softmax-top2-e8", "train-dense@lm", "reference@lm"} <= stages_run(out)
+    assert {"cell@lm-linear-softmax-top2-e8", "dense@lm", "reference@lm"} <= stages_run(out)
     summary = json.loads((lab / "metrics" / "summary.json").read_text())
     for gating in ("linear-softmax-top2", "dense"):
         cell = summary["lm"][gating]["e8"]

@@ -17,6 +17,7 @@ COMMANDS = {  # name: (module, help)
     "prepare": ("moelab.data.prepare", "split a corpus, train a tokenizer, write token ids"),
     "train": ("moelab.train.cli", "train one run, or every seed of a study variant (resumes from checkpoints)"),
     "evaluate": ("moelab.evaluate", "evaluate one trained run, or every seed of a study variant"),
+    "cell": ("moelab.cell", "train, then evaluate, every seed of a study variant in one process (the study's stage)"),
     "reference": ("moelab.reference", "score a task's trivial reference baselines (majority, lead-N, unigram ...)"),
     "benchmark": ("moelab.bench.single", "parameters, FLOPs, latency and memory of one variant"),
     "bench": ("moelab.bench.cli", "benchmark every study variant and the MoE layer; print the tables"),

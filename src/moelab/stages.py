@@ -21,6 +21,7 @@ STAGE_CODE = {
     "reference": (*COMMAND, *PARAMS, *PREPARED, "reference.py"),
     "train": TRAIN_CODE,  # also hashed into every checkpoint
     "evaluate": (*COMMAND, *PARAMS, *PREPARED, *CELL, "evaluate.py", "flops.py"),
+    "cell": (*TRAIN_CODE, "evaluate.py", "flops.py", "cell.py"),  # train, then evaluate, in one process
     "bench": (*COMMAND, *PARAMS, *PREPARED, "checkpoint.py", "evaluate.py", "flops.py", *BENCH),
     "report": (*COMMAND, *PARAMS, "report"),
 }
