@@ -20,7 +20,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # what a lab copies from the repo besides src/ and the corpora (those that exist in the source)
-PROJECT_FILES = ("dvc.yaml", "fingerprints/dvc.yaml", ".gitignore", ".dvcignore")
+PROJECT_FILES = ("dvc.yaml", "study/dvc.yaml", "fingerprints/dvc.yaml", ".gitignore", ".dvcignore")
 
 TINY_TASKS = {  # each task's data / evaluate shrunk to seconds (train is shrunk alike for every task)
     "lm": dict(

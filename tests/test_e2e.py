@@ -14,6 +14,7 @@ import yaml
 from labrepo import lab_env, make_lab
 
 MACHINE = "fingerprints/dvc.yaml:machine"
+STUDY = "study/dvc.yaml:"  # the study's stages are addressed by their pipeline file
 # the params that name a cell and the headline metrics every experiment shows
 CELL_PARAMS = ("task", "router", "norm", "top_k", "model", "seed")
 HEADLINE = ("test_ppl", "flops_per_token", "experts_per_token", "load_cv", "wall_s")
@@ -39,7 +40,7 @@ def lab(tmp_path_factory) -> Path:
 
 def test_repro_writes_metrics_for_every_variant(lab):
     out = sh("dvc repro", lab)
-    assert {"cell@lm-linear-softmax-top2-e8", "dense@lm", "reference@lm"} <= stages_run(out)
+    assert {STUDY + "cell@lm-linear-softmax-top2-e8", STUDY + "dense@lm", STUDY + "reference@lm"} <= stages_run(out)
     summary = json.loads((lab / "metrics" / "summary.json").read_text())
     for gating in ("linear-softmax-top2", "dense"):
         cell = summary["lm"][gating]["e8"]
