@@ -1,7 +1,8 @@
 """The pipeline's wiring: every stage depends on the hash of exactly the code its command imports
 (fingerprints/code/<kind>.json, lists in moelab/stages.py), so editing report or benchmark code
-re-runs no training; bytecode, caches and editor files are never dependencies; the machine
-fingerprint is cheap and stable.
+re-runs no training; a cell whose evaluation alone changed re-evaluates without retraining;
+bytecode, caches and editor files are never dependencies; the machine fingerprint is cheap and
+stable.
 
 One throwaway lab (a tiny cell of every task) is reproduced once with a `moelab` on PATH that
 records the modules each command really imported (tests/labrepo.py install_shim).
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from labrepo import install_shim, lab_env, make_lab, tiny_tasks
 from moelab.provenance import TRAIN_CODE, code_files
@@ -120,6 +122,22 @@ def test_editing_report_or_benchmark_code_reruns_no_training(lab, edited, reruns
         path.write_text(original)
         sh("dvc repro --single-item fingerprints/dvc.yaml:code", repo)
     assert changed_stages(repo) == set()
+
+
+@pytest.mark.slow
+def test_an_evaluation_only_change_re_evaluates_a_cell_without_retraining_it(lab):
+    repo, _ = lab
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["lm"]["evaluate"]["samples"] += 1
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run = repo / "models" / "lm" / "linear-softmax-top2-e8" / "s0"
+    stamps = {f.name: f.stat().st_mtime_ns for f in run.glob("*.pt")}
+    out = sh("dvc repro", repo)
+    assert "Running stage 'study/dvc.yaml:cell@lm-linear-softmax-top2-e8'" in out
+    assert "Running stage 'study/dvc.yaml:cell@classification" not in out, "only the LM's evaluate params changed"
+    assert {f.name: f.stat().st_mtime_ns for f in run.glob("*.pt")} == stamps, "the finished run was not retrained"
+    samples = repo / "metrics" / "study" / "lm" / "linear-softmax-top2-e8" / "eval" / "s0.samples.md"
+    assert samples.read_text().count("## Sample ") == params["lm"]["evaluate"]["samples"]
 
 
 @pytest.mark.slow
