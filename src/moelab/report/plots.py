@@ -260,7 +260,7 @@ def _quality_panel(ax, report: TaskReport, column, cells: list, colours: dict, m
         if column.key in ref:
             ax.axhline(ref[column.key], color="0.35", ls="--", lw=1, zorder=2)
             ax.annotate(
-                f"{name} (reference)",
+                f"{name} ({'trivial ' if ref['trivial'] else ''}reference)",
                 (0.01, ref[column.key]),
                 xycoords=("axes fraction", "data"),
                 fontsize=7,

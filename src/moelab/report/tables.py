@@ -53,17 +53,17 @@ def _overlap(a: dict, b: dict) -> bool:
 _STYLE = {"best": "**{}**", "tie": "{} ≈", "lead": "_{}_", None: "{}"}
 
 NOTE = (
-    "Mean over seeds ± half-width of the exact 95% Student-t interval (seeds = runs per cell). "
-    "Reference rows are the task's trivial baselines scored on the same test examples (one number, "
-    "no seeds); the dense baseline has the FFN width of top_k experts. Marks compare the models "
-    "(dense and MoE) that are not worse than a trivial reference: **bold**: best in its column and its "
-    "interval overlaps no other model's; ≈: tied — the best mean and every model whose interval "
-    "overlaps it (not claimed different); _italic_: best mean, but some model has n = 1 (no interval), "
-    f"so nothing is claimed. {BELOW}: headline mean worse than a trivial reference: not ranked, not on "
-    "the Pareto front. n test: examples (tokens for LM) each quality metric is computed on. FLOPs/token "
-    "are realised (measured experts/token), forward pass, matmuls only; forward ms is the latest "
-    "benchmark stage's median (one run per variant, not per seed). experts/token and load CV are not "
-    "ranked: load CV depends on the gate type (see the notes under each table)."
+    "Test split. Mean over seeds ± half-width of the exact 95% Student-t interval (seeds = runs per cell). "
+    "Reference rows are the task's trivial baselines scored on the same test examples (one number, no seeds); the"
+    " dense baseline has the FFN width of top_k experts. Marks compare the models (dense and MoE) that are not "
+    "worse than a trivial reference: **bold**: best in its column and its interval overlaps no other model's; ≈: "
+    "tied — the best mean and every model whose interval overlaps it (not claimed different; these are unpaired "
+    "intervals, the paired comparisons under 'What the data supports' can separate what ≈ does not); _italic_: "
+    f"best mean, but some model has n = 1 (no interval), so nothing is claimed. {BELOW}: headline mean worse than "
+    "a trivial reference: not ranked, not on the Pareto front. n test: examples (tokens for LM) each quality "
+    "metric is computed on. FLOPs/token are realised (measured experts/token), forward pass, matmuls only; "
+    "forward ms is the latest benchmark stage's median (one run per variant, not per seed). experts/token and "
+    "load CV are not ranked: load CV depends on the gate type (see the notes under each table)."
 )
 
 
@@ -102,7 +102,7 @@ def count_text(report: TaskReport, cell: tuple[str, str]) -> str:
 def shown_columns(report: TaskReport) -> list[Column]:
     present = {k for metrics in report.cells.values() for k in metrics}
     present |= {k for ref in report.references.values() for k in ref}
-    return [c for c in report.columns if c.key in present or c is report.count]
+    return [c for c in report.columns if c.key in present or c == report.count]
 
 
 def column_marks(report: TaskReport, column: Column) -> dict[tuple[str, str], str | None]:
@@ -117,13 +117,13 @@ def model_row(report: TaskReport, cell: tuple[str, str], columns: list[Column], 
     metrics = report.cells[cell]
     texts = []
     for column in columns:
-        if column is report.count:
+        if column == report.count:
             texts.append(count_text(report, cell))
         elif column.key not in metrics:
             texts.append("–")
         else:
             text = cell_text(metrics[column.key], marks[column.key].get(cell))
-            texts.append(text + (f" {BELOW}" if column is report.headline and not report.ranked(cell) else ""))
+            texts.append(text + (f" {BELOW}" if column == report.headline and not report.ranked(cell) else ""))
     seeds = metrics[report.headline.key]["n"] if report.headline.key in metrics else 0
     label = f"{DENSE} (baseline)" if cell[0] == DENSE else cell[0]
     return f"| {label} | {cell[1]} | {seeds} | " + " | ".join(texts) + " |"
@@ -135,7 +135,7 @@ def reference_row(report: TaskReport, name: str, columns: list[Column]) -> str:
     def text(column: Column) -> str:
         if column.key not in ref:
             return "–"
-        return f"{int(ref[column.key])}" if column is report.count else fmt(ref[column.key])
+        return f"{int(ref[column.key])}" if column == report.count else fmt(ref[column.key])
 
     return f"| reference: {name} | – | – | " + " | ".join(text(c) for c in columns) + " |"
 
