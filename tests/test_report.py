@@ -229,6 +229,18 @@ def test_summariser_below_lead_n_is_not_ranked_and_said_so(tmp_path):
     assert (tmp_path / "plots" / "summarization_quality_flops.png").exists()
 
 
+def test_reference_on_other_examples_is_called_out(tmp_path):
+    study = tmp_path / "metrics" / "study"
+    _write_run(study, "linear-sparsemax", "e8", 0, 100.0)  # test_tokens 4096
+    _write_reference(study, "lm", {"unigram": {"description": "u", "test_ppl": 200.0, "test_tokens": 4096}})
+    report(study, tmp_path / "metrics", None)
+    assert "not on the same test examples" not in (tmp_path / "metrics" / "summary.md").read_text()
+    _write_reference(study, "lm", {"unigram": {"description": "u", "test_ppl": 200.0, "test_tokens": 2048}})
+    report(study, tmp_path / "metrics", None)
+    md = (tmp_path / "metrics" / "summary.md").read_text()
+    assert "**unigram is not on the same test examples as the models**: n test (tokens) 2048 vs 4096" in md
+
+
 def test_trivial_reference_is_declared_or_the_weakest(tmp_path):
     study = tmp_path / "study"
     _write_run(study, "linear-sparsemax", "e8", 0, {"test_accuracy": 0.62, "test_examples": 10}, task="classification")

@@ -152,25 +152,37 @@ def table(report: TaskReport) -> list[str]:
     return out
 
 
+def reference_notes(report: TaskReport) -> list[str]:
+    """What each reference is; any scored on other test examples than the models; the trivial ones no
+    model beats."""
+    notes, count, h = [], report.count, report.headline
+    model_counts = {v for c in report.models() for v in report.seed_values(c, count.key).values()}
+    for name, ref in report.references.items():
+        kind = "trivial reference" if ref["trivial"] else "reference (context: a model below it is still ranked)"
+        notes.append(f"{name}, {kind}: {ref['description']}")
+        if count.key in ref and model_counts and model_counts != {ref[count.key]}:
+            notes.append(
+                f"**{name} is not on the same test examples as the models**: {count.label} {int(ref[count.key])} "
+                f"vs {', '.join(str(int(n)) for n in sorted(model_counts))}; re-run the reference stage."
+            )
+    for name in report.unbeaten():
+        notes.append(
+            f"**No {report.task} model beats the trivial reference {name}** on {h.label} "
+            f"({fmt(report.references[name][h.key])}): every trained model is worse on the mean."
+        )
+    return notes
+
+
 def table_notes(report: TaskReport) -> list[str]:
     h, notes = report.headline, []
     if any(metrics.get(h.key, {}).get("n") == 1 for metrics in report.cells.values()):
         notes.append(
             "n = 1 for some models: no confidence interval, so nothing is claimed best (best means in _italic_)."
         )
-    for name, ref in report.references.items():
-        kind = "trivial reference" if ref["trivial"] else "reference (context: a model below it is still ranked)"
-        notes.append(f"{name}, {kind}: {ref['description']}")
-    unranked = [c for c in report.models() if not report.ranked(c) and h.key in report.cells[c]]
-    for cell in unranked:
+    notes += reference_notes(report)
+    for cell in [c for c in report.models() if not report.ranked(c) and h.key in report.cells[c]]:
         below = ", ".join(report.below(cell, trivial_only=True))
         notes.append(f"{BELOW} {evidence.name(cell)}: mean {h.label} worse than {below}: not ranked.")
-    for name in report.unbeaten():
-        ref = report.references[name]
-        notes.append(
-            f"**No {report.task} model beats the trivial reference {name}** on {h.label} "
-            f"({fmt(ref[h.key])}): every trained model is worse on the mean."
-        )
     if report.soft:
         notes.append(
             "load CV: – for soft routing (top_k = 0 with a dense normaliser, softmax): every expert computes "
