@@ -233,7 +233,7 @@ def read_references(study_dir: Path, task: str, headline: Column) -> dict[str, d
     out = {}
     for name, entry in (read_json(path) if path.exists() else {}).items():
         if isinstance(entry, dict):
-            tests = {k: v for k, v in _numbers(entry, set(entry)).items() if k.startswith("test_")}
+            tests = {k: entry[k] for k in _numbers(entry, set(entry)) if k.startswith("test_")}  # ints stay ints
             declared = entry.get("trivial") if isinstance(entry.get("trivial"), bool) else None
             out[name] = {"description": str(entry.get("description", "")), "trivial": declared, **tests}
     if all(ref["trivial"] is None for ref in out.values()):
