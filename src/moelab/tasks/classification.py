@@ -225,9 +225,10 @@ class ClassificationTask(Task):
         majority = int(torch.bincount(y_train, minlength=n_classes).argmax())
         refs = {
             "majority": {
-                "description": f"always the training split's most frequent label ({self.label_names[majority]})"
+                "description": f"always the training split's most frequent label ({self.label_names[majority]})",
+                "trivial": True,  # a model below it has learned nothing: flagged, not ranked
             },
-            "bow-logreg": {"description": "logistic regression on a binary bag of BPE tokens"},
+            "bow-logreg": {"description": "logistic regression on a binary bag of BPE tokens", "trivial": False},
         }
         x_train = bag_of_words(train["text"], self.vocab_size)
         val_text, val_true = self._evaluated("validation")
