@@ -72,13 +72,16 @@ class MoELayer(nn.Module):
         for rule in self.balancing.values():
             rule.record(slots.expert)
         kept, n_dropped = apply_capacity(slots, group, self.cfg)
+        # each token's weights as a distribution over the experts, for the aux loss and the entropy:
+        # themselves on the simplex; otherwise normalised over all experts (sigmoid; DeepSeek-V3)
+        shares = weights if self.on_simplex else weights / weights.sum(-1, keepdim=True).clamp_min(1e-9)
 
         out, tokens_per_expert = dispatch_combine(
             h, kept.token, kept.expert, kept.weight, self.experts, self.cfg.n_routed
         )
-        self.balancing_loss = self._balancing_loss(scores, weights, slots.expert)
+        self.balancing_loss = self._balancing_loss(scores, shares, slots.expert)
         if self.record_stats:
-            self._record(h.shape[0], slots, kept, n_dropped, scores, weights, tokens_per_expert, real)
+            self._record(h.shape[0], slots, kept, n_dropped, scores, shares, tokens_per_expert, real)
         if real is not None:  # out is [N, d] in x's dtype (dispatch_combine)
             out = torch.zeros_like(flat).index_copy_(0, real, out)
         return out.reshape(b, t, d)
@@ -100,22 +103,22 @@ class MoELayer(nn.Module):
         group = torch.arange(b, device=device).repeat_interleave(t)
         return group if real is None else group[real]
 
-    def _balancing_loss(self, scores, weights, selected_expert) -> torch.Tensor:
+    def _balancing_loss(self, scores, shares, selected_expert) -> torch.Tensor:
         loss = scores.new_zeros(())
         if not scores.shape[0]:
             return loss
         for rule in self.balancing.values():
-            term = rule.loss(scores, weights, selected_expert)
+            term = rule.loss(scores, shares, selected_expert)
             if term is not None:
                 loss = loss + term
         return loss
 
-    def _record(self, n_tokens, slots, kept, n_dropped, scores, weights, tokens_per_expert, real) -> None:
+    def _record(self, n_tokens, slots, kept, n_dropped, scores, shares, tokens_per_expert, real) -> None:
         self.last_stats = RoutingStats(
             tokens=float(n_tokens),
             slots_selected=float(slots.token.numel()),
             slots_dropped=float(n_dropped),
-            entropy_sum=routing_entropy_sum(weights) if self.on_simplex else 0.0,
+            entropy_sum=routing_entropy_sum(shares),
             batches=1.0,
             max_violation_sum=max_violation(tokens_per_expert),
             router_z_sum=router_z_sum(scores),
