@@ -31,6 +31,7 @@ from moelab.models.lm import DecoderLM
 from moelab.models.switch import SwitchSeq2Seq
 from moelab.moe import MoEConfig, MoELayer, OptionError
 from moelab.moe.capacity import CAPACITY_POLICIES
+from moelab.tasks.summarization import SummarizationTask
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB, T, E = 50, 12, 4
@@ -195,6 +196,20 @@ def test_the_same_settings_are_allowed_in_a_bidirectional_encoder(params_file, c
     moe, gate, _ = REFUSED[case]
     path = params_file(lambda d: single_task(d, "classification", gate, moe))
     assert main(["check", "--params", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_a_non_causal_selection_rule_is_refused_by_the_lm_and_kept_out_of_the_summariser_decoder(params_file, capsys):
+    path = params_file(lambda d: single_task(d, "lm", "softmax-top2", {"selection": "expert_choice"}))
+    assert main(["check", "--params", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("moelab check: error: params.yaml: moe.selection"), err
+    with pytest.raises(ConfigError, match="moe.selection"):
+        resolve_run(load_params(path), task="lm", gate="softmax-top2")
+    path = params_file(lambda d: single_task(d, "summarization", "softmax-top2", {"selection": "expert_choice"}))
+    assert main(["check", "--params", str(path)]) == 0
+    run = resolve_run(load_params(path), task="summarization", gate="softmax-top2")
+    encoder, decoder = SummarizationTask.moe_configs(run)
+    assert (encoder.selection, decoder.selection) == ("expert_choice", "token_choice") and decoder.causal
 
 
 def test_a_gate_preset_override_is_named_by_its_preset_key(params_file, capsys):
