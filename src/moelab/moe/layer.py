@@ -18,13 +18,19 @@ from .stats import RoutingStats, experts_per_token_hist, max_violation, router_z
 
 
 def moe_flops_per_token(cfg: MoEConfig, experts_per_token: float | None = None) -> dict[str, float]:
-    """Forward matmul FLOPs per token of one MoE layer, split into router and experts.
-    experts_per_token: the realised number (default: k, or every expert for soft routing)."""
+    """Forward matmul FLOPs per token of one MoE layer, split into router and experts (routed + shared).
+    experts_per_token: the realised number of routed experts (default: k_routed, or every routed
+    expert for soft routing); the n_shared shared experts are added to it."""
     k = experts_per_token if experts_per_token is not None else float(cfg.k_routed or cfg.n_routed)
     return {
         "router": ROUTERS.get(cfg.router).flops_per_token(cfg),
-        "experts": k * EXPERTS.get(cfg.expert).flops_per_token(cfg),
+        "experts": (k + cfg.n_shared) * EXPERTS.get(cfg.expert).flops_per_token(cfg),
     }
+
+
+def shared_experts_config(cfg: MoEConfig) -> MoEConfig:
+    """The n_shared shared experts as an expert bank of their own: same type and width as a routed one."""
+    return cfg.replace(n_experts=cfg.n_shared, d_ff=cfg.expert_width, expert_granularity=1, n_shared=0)
 
 
 class MoELayer(nn.Module):
@@ -47,6 +53,8 @@ class MoELayer(nn.Module):
         self.selection = build_selection(cfg)
         self.balancing = build_balancing(cfg)
         self.experts = build_experts(cfg)
+        # always-on experts (DeepSeekMoE); a module apart, so routed-expert counts never include them
+        self.shared_experts = build_experts(shared_experts_config(cfg)) if cfg.n_shared else None
         self.on_simplex = NORMALISERS.get(cfg.norm).on_simplex
         self.balancing_loss = torch.zeros(())
         self.last_stats = RoutingStats()
@@ -56,6 +64,8 @@ class MoELayer(nn.Module):
     def reset_parameters(self, init: InitConfig) -> None:
         self.router.reset_parameters(init)
         self.experts.reset_parameters(init)
+        if self.shared_experts is not None:
+            self.shared_experts.reset_parameters(init)
 
     def forward(self, x: torch.Tensor, token_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, t, d = x.shape
@@ -79,12 +89,21 @@ class MoELayer(nn.Module):
         out, tokens_per_expert = dispatch_combine(
             h, kept.token, kept.expert, kept.weight, self.experts, self.cfg.n_routed
         )
+        if self.shared_experts is not None:
+            out = out + self._shared(h)
         self.balancing_loss = self._balancing_loss(scores, shares, slots.expert)
         if self.record_stats:
             self._record(h.shape[0], slots, kept, n_dropped, scores, shares, tokens_per_expert, real)
         if real is not None:  # out is [N, d] in x's dtype (dispatch_combine)
             out = torch.zeros_like(flat).index_copy_(0, real, out)
         return out.reshape(b, t, d)
+
+    def _shared(self, h: torch.Tensor) -> torch.Tensor:
+        """[N, d]: the sum of the shared experts' outputs (weight 1) for every token of h [N, d]."""
+        n, n_shared = h.shape[0], self.cfg.n_shared
+        tokens_per_expert = torch.full((n_shared,), n, dtype=torch.long, device=h.device)
+        out = self.shared_experts(h.repeat(n_shared, 1), tokens_per_expert)  # [n_shared N, d], expert-major
+        return out.view(n_shared, n, h.shape[1]).sum(0).to(h.dtype)
 
     def _selection_bias(self) -> torch.Tensor | None:
         biases = [bias for rule in self.balancing.values() if (bias := rule.selection_bias()) is not None]
