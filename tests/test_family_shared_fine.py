@@ -13,10 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import SwitchTransformersConfig
 
 from familylab import check_train_evaluate, listed_options
-from moelab.config import load_params, resolve_run
+from moelab.config import ConfigError, load_params, resolve_run
 from moelab.flops import counted_flops, decoder_flops_per_token
+from moelab.models.switch import moe_config_for
 from moelab.moe import MoEConfig, MoELayer, OptionError, moe_flops_per_token
 from moelab.moe.init import InitConfig
 
@@ -132,3 +134,11 @@ def test_listed_checked_trained_and_evaluated_in_the_lm(capsys, tmp_path, prepar
     # e8: d 64, d_ff 128 -> 32 routed experts of width 32 per layer, 2 layers; a token uses 7 routed + the
     # shared one, so 32 - 7 routed experts of 2 x 64 x 32 weights per layer are inactive
     assert bench["params_active"] == bench["params_total"] - 2 * (32 - 7) * 2 * 64 * 32
+
+
+@pytest.mark.parametrize("options", [{"expert_granularity": 2}, {"n_shared": 1}])
+def test_a_pretrained_switch_checkpoint_refuses_split_or_shared_experts(options):
+    """Its E experts of width d_ff are copied in as they are: no split, no shared expert beside them."""
+    hf = SwitchTransformersConfig(d_model=D, d_ff=F_WIDTH, num_experts=E)
+    with pytest.raises(ConfigError, match="expert_granularity: 1, n_shared: 0"):
+        moe_config_for(hf, config(**options))

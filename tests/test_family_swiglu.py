@@ -8,9 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import SwitchTransformersConfig
 
 from familylab import check_train_evaluate, listed
+from moelab.config import ConfigError
 from moelab.flops import counted_flops
+from moelab.models.switch import moe_config_for
 from moelab.moe import MoEConfig, MoELayer, moe_flops_per_token
 from moelab.moe.experts import grouped_mm_usable
 from moelab.moe.init import InitConfig
@@ -99,3 +102,10 @@ def test_listed_checked_trained_and_evaluated_in_the_lm(capsys, tmp_path, prepar
     assert evaluation["experts_per_token"] == pytest.approx(2.0)
     # e8 (d 64, d_ff 128, 8 experts, 2 layers): 6 of 8 experts, 3 x 64 x 128 weights each, inactive per layer
     assert bench["params_active"] == bench["params_total"] - 2 * 6 * 3 * 64 * 128
+
+
+def test_a_pretrained_switch_checkpoint_refuses_swiglu_experts():
+    """Its experts are ReLU/GELU mlps: their weights cannot be copied into SwiGLU experts."""
+    hf = SwitchTransformersConfig(d_model=D, d_ff=F_WIDTH, num_experts=E)
+    with pytest.raises(ConfigError, match="expert: mlp"):
+        moe_config_for(hf, MoEConfig.build(d_model=D, d_ff=F_WIDTH, n_experts=E, expert="swiglu"))
