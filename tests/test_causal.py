@@ -1,7 +1,9 @@
 """Causal models never see the future, with expert capacity too (moe/capacity.py).
 
 1. Property: for every allowed (capacity_policy x top_k x capacity_factor) of a causal decoder, many
-   seeds, train and eval mode, changing token t leaves the logits at positions < t bit-identical.
+   seeds cycling through every registered (router, norm) pair (a new component is tested without
+   editing this file), train and eval mode, changing token t leaves the logits at positions < t
+   bit-identical.
 2. Every disallowed setting is refused, in one line naming the key, by `moelab check` and resolve_run.
 3. Perplexity, generation and training route the same way: the logits generation sees at each step
    are those of one teacher-forced forward at that position, with the same experts kept.
@@ -31,6 +33,8 @@ from moelab.models.lm import DecoderLM
 from moelab.models.switch import SwitchSeq2Seq
 from moelab.moe import MoEConfig, MoELayer, OptionError
 from moelab.moe.capacity import CAPACITY_POLICIES
+from moelab.moe.normalisers import NORMALISERS
+from moelab.moe.routers import ROUTERS
 from moelab.tasks.summarization import SummarizationTask
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +65,24 @@ def moe_config(policy: str, top_k: int, capacity_factor: float, **kw) -> MoEConf
         capacity_policy=policy,
         **kw,
     )
+
+
+ROUTER_NORMS = list(itertools.product(ROUTERS.names(), NORMALISERS.names()))  # every registered pair
+
+
+def gating_for(index: int, policy: str, top_k: int, capacity_factor: float) -> MoEConfig:
+    """The index-th (cyclically) registered (router, norm) pair a causal layer accepts with this setting;
+    odd indices add the aux-loss-free selection bias where it applies (top_k >= 1)."""
+    for offset in range(len(ROUTER_NORMS)):
+        router, norm = ROUTER_NORMS[(index + offset) % len(ROUTER_NORMS)]
+        bias = 0.01 if top_k and index % 2 else 0.0
+        cfg = moe_config(policy, top_k, capacity_factor, router=router, norm=norm, bias_update_rate=bias)
+        try:
+            cfg.replace(causal=True, group_len=T).validate()
+        except OptionError:
+            continue
+        return cfg
+    raise AssertionError(f"no registered router/norm accepts {policy}, k {top_k}, cf {capacity_factor}")
 
 
 def decoder(cfg: MoEConfig, seed: int, dropout: float = 0.0) -> DecoderLM:
@@ -119,14 +141,16 @@ def test_the_allowed_settings_are_exactly_the_causal_rule():
 
 @pytest.mark.parametrize("policy, top_k, capacity_factor", ALLOWED, ids=[f"{p}-k{k}-cf{c}" for p, k, c in ALLOWED])
 def test_a_later_token_never_changes_earlier_logits(policy, top_k, capacity_factor):
-    norms, routers = ("softmax", "sparsemax", "entmax15"), ("linear", "attention")
+    """Four seeds, each with another registered (router, norm) pair, a selection bias on odd ones."""
     dropped = 0.0
     for seed in range(4):
-        cfg = moe_config(
-            policy, top_k, capacity_factor, norm=norms[seed % 3], router=routers[seed % 2], bias_update_rate=0.0
-        )
+        cfg = gating_for(4 * ALLOWED.index((policy, top_k, capacity_factor)) + seed, policy, top_k, capacity_factor)
         model = decoder(cfg, seed, dropout=0.1)
         rowwise_experts(model)
+        with torch.no_grad():
+            for layer in model.moe_layers():
+                if "selection_bias" in layer.balancing:
+                    layer.balancing["selection_bias"].bias.normal_(0.0, 0.1)
         ids = torch.randint(0, VOCAB, (2, T), generator=torch.Generator().manual_seed(seed))
         for mode in ("train", "eval"):
             model.train(mode == "train")
