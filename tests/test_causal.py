@@ -21,7 +21,6 @@ sequence's (even the dense model is not bit-identical there), so it is checked t
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +36,6 @@ from moelab.moe.normalisers import NORMALISERS
 from moelab.moe.routers import ROUTERS
 from moelab.tasks.summarization import SummarizationTask
 
-ROOT = Path(__file__).resolve().parents[1]
 VOCAB, T, E = 50, 12, 4
 CAPACITY_FACTORS = (0.0, 0.25, 0.5, 1.0, 1.5)
 DROPPING = (0.25, 0.5)  # C = ceil(cf * T * k / E) <= 1.5 k of 12 tokens: drops are certain
