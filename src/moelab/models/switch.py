@@ -65,11 +65,18 @@ def stack_moe_configs(model: ModelConfig, max_target_len: int, hf_config=None) -
 
 
 def moe_config_for(hf_config, moe: MoEConfig) -> MoEConfig:
-    """The run's MoEConfig with the checkpoint's sizes and activation; E must match the checkpoint."""
+    """The run's MoEConfig with the checkpoint's sizes and activation; E, the expert type and shape must
+    match the checkpoint (its experts are copied in)."""
     if moe.n_experts != hf_config.num_experts:
         raise ConfigError(
             f"model preset n_experts = {moe.n_experts} but the Switch checkpoint has "
             f"{hf_config.num_experts} experts per MoE layer: set n_experts: {hf_config.num_experts}"
+        )
+    if (moe.expert, moe.expert_granularity, moe.n_shared) != ("mlp", 1, 0):
+        raise ConfigError(
+            f"a Switch checkpoint holds {hf_config.num_experts} mlp experts of width d_ff and no shared one; "
+            f"moe.expert = {moe.expert!r}, expert_granularity = {moe.expert_granularity}, n_shared = "
+            f"{moe.n_shared} would not be the checkpoint's: set expert: mlp, expert_granularity: 1, n_shared: 0"
         )
     act = HF_ACTIVATIONS.get(hf_config.dense_act_fn)
     if act is None:
