@@ -88,15 +88,16 @@ def seq2seq_flops_per_token(cfg, n_source: int, n_target: int, moe, experts_per_
     from ..moe import moe_flops_per_token
 
     d, a, f, v = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.vocab_size
-    per = moe_flops_per_token(moe, 1.0) if moe is not None else {"router": 0.0, "experts": 0.0}
-    moe_flops = {"router": per["router"], "expert": per["experts"]}
     sparse = lambda i, step: step > 0 and (step == 1 or i % step == 1)  # noqa: E731
     enc_sparse = [sparse(i, cfg.encoder_sparse_step) for i in range(cfg.num_layers)]
     dec_sparse = [sparse(i, cfg.decoder_sparse_step) for i in range(cfg.num_decoder_layers)]
     ks = iter(experts_per_token or [1.0] * (sum(enc_sparse) + sum(dec_sparse)))
 
     def ffn(is_sparse: bool) -> tuple[float, float, float]:  # (dense FFN, experts, router) FLOPs per token
-        return (0, next(ks) * moe_flops["expert"], moe_flops["router"]) if is_sparse else (4 * d * f, 0, 0)
+        if not is_sparse:
+            return 4 * d * f, 0, 0
+        per = moe_flops_per_token(moe, next(ks))  # realised routed experts (+ shared experts) and the router
+        return 0, per["experts"], per["router"]
 
     enc = [ffn(s) for s in enc_sparse]
     dec = [ffn(s) for s in dec_sparse]
