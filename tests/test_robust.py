@@ -5,6 +5,7 @@ Tiny params (a copy of the repo's params.yaml, shrunk) and the repo's prepared d
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA: Path = Path()  # set by _prepared_data
+PREPARED = None  # conftest `prepared`: PREPARED(task) -> that task's prepared data (set by _prepared_data)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 VOLATILE = {"wall_s", "train_tokens_per_s", "resumed_from_step"}
 
@@ -30,8 +32,8 @@ VOLATILE = {"wall_s", "train_tokens_per_s", "resumed_from_step"}
 @pytest.fixture(scope="module", autouse=True)
 def _prepared_data(prepared) -> Path:
     """The bundled LM corpus, prepared once per session (conftest `prepared`)."""
-    global DATA
-    DATA = prepared("lm")
+    global DATA, PREPARED
+    DATA, PREPARED = prepared("lm"), prepared
     return DATA
 
 
@@ -44,6 +46,8 @@ def tiny_params(path: Path, steps: int = 40, **overrides) -> Path:
         steps=steps, batch_size=4, checkpoint_every=5, eval_every=10, eval_batches=2, warmup_steps=4
     )
     p["lm"]["evaluate"].update(batch_size=16, max_batches=2, samples=1, sample_tokens=4)
+    p["classification"]["train"].update(steps=steps, batch_size=8, checkpoint_every=5, eval_every=10, eval_batches=1)
+    p["classification"]["evaluate"].update(batch_size=16, max_batches=1, samples=1)
     for key, value in overrides.items():  # "lm.train.lr": 1.0
         *parents, last = key.split(".")
         node = p
@@ -279,12 +283,14 @@ def _edit(key, value):
 _DEL = object()
 
 
-def _params_case(edit):
+def _params_case(edit, stage="train"):
+    """An edited params.yaml: refused by validation (`moelab check` says the same), before any work."""
+
     def setup(work, params):
         p = yaml.safe_load(params.read_text())
         edit(p)
         params.write_text(yaml.safe_dump(p))
-        return ["train"], {}
+        return [stage], {"validation": True}
 
     return setup
 
@@ -304,13 +310,15 @@ def _args(*argv, stage="train"):
     return setup
 
 
-def _data(mutate, stage="train"):
+def _data(mutate, stage="train", task="lm"):
+    """A copy of `task`'s prepared data, broken by `mutate`; the stage runs on it."""
+
     def setup(work, params):
         data = work / "bad-data"
         shutil.rmtree(data, ignore_errors=True)
-        shutil.copytree(DATA, data)
+        shutil.copytree(PREPARED(task), data)
         mutate(data)
-        return [stage], {"data": data}
+        return [stage, "--task", task], {"data": data}
 
     return setup
 
@@ -337,6 +345,10 @@ def _random_bytes(models):
     (models / "latest.pt").write_bytes(np.random.default_rng(0).bytes(4096))
 
 
+def _best_over_latest(models):
+    shutil.copy(models / "best.pt", models / "latest.pt")
+
+
 def _evil_pickle(name):
     def mutate(models):
         with open(models / name, "wb") as fh:
@@ -349,34 +361,81 @@ def _evil_torch_save(models):
     torch.save({"model": Evil(), "step": 1}, models / "best.pt")
 
 
-def _prepare_missing_column(work, params):
-    src = work / "corpus.jsonl"
-    src.write_text("".join(json.dumps({"body": f"line {i} of a document"}) + "\n" for i in range(50)))
-    p = yaml.safe_load(params.read_text())
-    p["lm"]["data"]["source"] = str(src)
-    params.write_text(yaml.safe_dump(p))
-    return ["prepare", "--out", str(work / "prep-out")], {"prepare": True}
+def _prepare(source_of, corpora=None):
+    """`moelab prepare --task lm` over a copy of the prepared data (which must stay byte-identical),
+    lm.data.source = source_of(work); corpora(work/"corpora") builds MOELAB_CORPORA (bundled snapshots)."""
+
+    def setup(work, params):
+        p = yaml.safe_load(params.read_text())
+        p["lm"]["data"]["source"] = source_of(work)
+        params.write_text(yaml.safe_dump(p))
+        out = work / "prepared" / "lm"
+        shutil.copytree(DATA, out)
+        opts = {"prepare": True, "watch": [out]}
+        if corpora is not None:
+            (work / "corpora").mkdir()
+            corpora(work / "corpora")
+            opts["env"] = {"MOELAB_CORPORA": str(work / "corpora")}
+        return ["prepare", "--out", str(out)], opts
+
+    return setup
 
 
-def _prepare_hub_offline(work, params):
-    p = yaml.safe_load(params.read_text())
-    p["lm"]["data"]["source"] = "roneneldan/TinyStories"
-    params.write_text(yaml.safe_dump(p))
-    return ["prepare", "--out", str(work / "prep-out")], {"prepare": True}
+def _write_jsonl(name, text):
+    def source(work):
+        (work / name).write_text(text)
+        return str(work / name)
+
+    return source
 
 
-def _prepare_empty_file(work, params):
-    src = work / "empty.jsonl"
-    src.write_text("")
-    p = yaml.safe_load(params.read_text())
-    p["lm"]["data"]["source"] = str(src)
-    params.write_text(yaml.safe_dump(p))
-    return ["prepare", "--out", str(work / "prep-out")], {"prepare": True}
+def _write_bytes(name, data: bytes):
+    def source(work):
+        (work / name).write_bytes(data)
+        return str(work / name)
+
+    return source
+
+
+def _bundled(file, data_of):
+    """A bundled snapshot `file` in MOELAB_CORPORA, its bytes made by data_of(the real snapshot's bytes)."""
+
+    def corpora(directory):
+        (directory / file).write_bytes(data_of((ROOT / "data" / "corpora" / file).read_bytes()))
+
+    return corpora
+
+
+def _xz(text: bytes) -> bytes:
+    import lzma
+
+    return lzma.compress(text)
+
+
+def _bad_jsonl_line(real: bytes) -> bytes:
+    import lzma
+
+    lines = lzma.decompress(real).splitlines()[:200]
+    lines.insert(100, b'{"text": "a review cut off in the mid')
+    return _xz(b"\n".join(lines) + b"\n")
 
 
 def _missing_params(work, params):
     params.unlink()
     return ["train"], {}
+
+
+def _report_of_truncated_eval(work, params):
+    """A study whose eval/s0.json was cut off mid-write (e.g. a full disk): `moelab report` reads it."""
+    variant = work / "study" / "lm" / "linear-softmax-top2-e8"
+    for stage, name in (("train", "train"), ("eval", "eval")):
+        (variant / stage).mkdir(parents=True)
+        for suffix in (".json", ".meta.json"):
+            shutil.copy(work / "metrics" / f"{name}{suffix}", variant / stage / f"s0{suffix}")
+    cut = variant / "eval" / "s0.json"
+    cut.write_text(cut.read_text()[:40])
+    argv = ["report", "--params", str(params), "--study", str(work / "study"), "--bench", str(work / "bench")]
+    return argv + ["--out", str(work / "metrics"), "--plots", str(work / "plots")], {"argv": True}
 
 
 def _empty_npy(d):
@@ -386,6 +445,53 @@ def _empty_npy(d):
 def _object_npy(d):
     np.save(d / "train.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
 
+
+def _npy_token(value):
+    def mutate(d):
+        ids = np.load(d / "train.npy")
+        ids[len(ids) // 2] = value
+        np.save(d / "train.npy", ids)
+
+    return mutate
+
+
+def _npz_edit(split, key, index, value):
+    """Set one entry of array `key` of {split}.npz (a label id, a token id)."""
+
+    def mutate(d):
+        with np.load(d / f"{split}.npz") as z:
+            arrays = {k: z[k].copy() for k in z.files}
+        arrays[key][index] = value
+        np.savez(d / f"{split}.npz", **arrays)
+
+    return mutate
+
+
+def _truncate_file(name):
+    def mutate(d):
+        f = d / name
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+    return mutate
+
+
+def _other_tokenizer(task):
+    """A valid tokenizer.json of another prepare run (another task's): the ids do not belong to it."""
+
+    def mutate(d):
+        shutil.copy(PREPARED(task) / "tokenizer.json", d / "tokenizer.json")
+
+    return mutate
+
+
+def _one_more_merge(d):
+    """tokenizer.json edited by hand (still a valid tokenizer): not the one the ids were made with."""
+    tok = json.loads((d / "tokenizer.json").read_text())
+    tok["model"]["merges"] = tok["model"]["merges"][:-1]
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+
+
+BIG = 12345678901234567890  # 20 digits: more than any seed generator takes
 
 # (id, setup, words the message must contain)
 BAD = [
@@ -401,6 +507,32 @@ BAD = [
     ("capacity-negative", _params_case(_edit("moe.capacity_factor", -0.5)), ["capacity_factor", "-0.5"]),
     ("bias-with-soft-routing", _params_case(_edit("top_k", 0)), ["bias_update_rate", "top_k = 0"]),
     ("steps-zero", _params_case(_edit("lm.train.steps", 0)), ["lm.train.steps", "0"]),
+    # wrong numbers that used to train (or evaluate) to the end with exit code 0
+    ("max-batches-zero", _params_case(_edit("lm.evaluate.max_batches", 0), "evaluate"), ["max_batches", "0", ">= 1"]),
+    ("eval-batches-zero", _params_case(_edit("lm.train.eval_batches", 0)), ["lm.train.eval_batches", "0", ">= 1"]),
+    ("grad-clip-negative", _params_case(_edit("lm.train.grad_clip", -1)), ["lm.train.grad_clip", "-1", "> 0"]),
+    ("capacity-inf", _params_case(_edit("moe.capacity_factor", float("inf"))), ["capacity_factor", "inf", "finite"]),
+    ("capacity-nan", _params_case(_edit("moe.capacity_factor", float("nan"))), ["capacity_factor", "nan", "finite"]),
+    ("n-layers-zero", _params_case(_edit("lm.models.e8.n_layers", 0)), ["lm.models.e8.n_layers", "0", ">= 1"]),
+    ("d-ff-zero", _params_case(_edit("lm.models.e8.d_ff", 0)), ["lm.models.e8.d_ff", "0", ">= 1"]),
+    ("dense-top-k-zero", _params_case(_edit("dense.top_k", 0), "evaluate"), ["dense.top_k", "0", ">= 1"]),
+    # values that used to end in a traceback
+    ("eval-every-zero", _params_case(_edit("lm.train.eval_every", 0)), ["lm.train.eval_every", "0", ">= 1"]),
+    ("checkpoint-every-zero", _params_case(_edit("lm.train.checkpoint_every", 0)), ["checkpoint_every", ">= 1"]),
+    ("n-heads-not-dividing", _params_case(_edit("lm.models.e8.n_heads", 3)), ["lm.models.e8.n_heads", "3", "64"]),
+    ("dropout-one", _params_case(_edit("lm.models.e8.dropout", 1.0)), ["lm.models.e8.dropout", "1.0", "< 1"]),
+    ("dropout-negative", _params_case(_edit("lm.models.e8.dropout", -0.1)), ["dropout", "-0.1", ">= 0"]),
+    ("d-model-zero", _params_case(_edit("lm.models.e8.d_model", 0)), ["lm.models.e8.d_model", "0", ">= 1"]),
+    ("lr-nan", _params_case(_edit("lm.train.lr", float("nan"))), ["lm.train.lr", "nan", "finite"]),
+    ("lr-inf", _params_case(_edit("lm.train.lr", float("inf"))), ["lm.train.lr", "inf", "finite"]),
+    ("dense-width-negative", _params_case(_edit("dense.top_k", -2), "evaluate"), ["dense.top_k", "-2"]),
+    ("d-ff-negative", _params_case(_edit("lm.models.e8.d_ff", -8)), ["lm.models.e8.d_ff", "-8"]),
+    ("seed-20-digits", _params_case(_edit("seed", BIG)), ["seed", str(BIG), "4294967295"]),
+    ("seeds-20-digits", _params_case(_edit("seeds", [0, BIG])), ["seeds[1]", str(BIG), "4294967295"]),
+    ("seed-flag-20-digits", _args("--seed", str(BIG)), ["seed", str(BIG), "4294967295"]),
+    ("seed-flag-negative", _args("--seed", "-3", stage="evaluate"), ["seed", "-3", ">= 0"]),
+    ("top-p-zero", _params_case(_edit("lm.evaluate.top_p", 0), "evaluate"), ["lm.evaluate.top_p", "0", "> 0"]),
+    ("temperature-nan", _params_case(_edit("lm.evaluate.temperature", float("nan")), "evaluate"), ["temperature"]),
     ("missing-key", _params_case(_edit("lm.train.lr", _DEL)), ["missing key", "lm.train.lr"]),
     ("empty-tasks", _params_case(_edit("tasks", [])), ["tasks", "non-empty list"]),
     ("invalid-yaml", _raw_params("router: [linear\nmoe: {"), ["not valid YAML"]),
@@ -409,19 +541,107 @@ BAD = [
     ("unknown-gate-flag", _args("--gate", "sparsmax"), ["sparsmax", "gate_presets"]),
     ("bad-seed-flag", _args("--seed", "abc"), ["--seed", "'abc'"]),
     ("unknown-flag", _args("--stepz", "3"), ["--stepz"]),
+    # prepared data: missing, corrupt, or not from one prepare run
     ("missing-data-dir", lambda w, p: (["train"], {"data": w / "nowhere"}), ["nowhere", "moelab prepare"]),
     ("missing-train-npy", _data(lambda d: (d / "train.npy").unlink()), ["train.npy", "moelab prepare"]),
     ("missing-test-npy-evaluate", _data(lambda d: (d / "test.npy").unlink(), "evaluate"), ["test.npy", "prepare"]),
     ("empty-train-npy", _data(_empty_npy), ["train.npy", "0 tokens", "prepare"]),
     ("object-npy", _data(_object_npy), ["train.npy", "prepare"]),
+    ("truncated-npy", _data(_truncate_file("validation.npy")), ["validation.npy", "not a readable", "prepare"]),
+    ("token-id-out-of-range", _data(_npy_token(99999)), ["train.npy", "outside", "vocabulary", "prepare"]),
+    ("token-id-negative", _data(_npy_token(-1), "evaluate"), ["train.npy", "outside", "vocabulary", "prepare"]),
     ("missing-tokenizer", _data(lambda d: (d / "tokenizer.json").unlink()), ["tokenizer.json", "prepare"]),
     ("garbage-tokenizer", _data(lambda d: (d / "tokenizer.json").write_text("{not json")), ["tokenizer.json"]),
-    ("prepare-column-missing", _prepare_missing_column, ["text", "body"]),
-    ("prepare-empty-file", _prepare_empty_file, ["empty"]),
-    ("prepare-hub-offline", _prepare_hub_offline, ["roneneldan/TinyStories", "download", "local"]),
+    ("tokenizer-of-another-run", _data(_other_tokenizer("classification")), ["tokenizer.json", "made with", "prepare"]),
+    ("tokenizer-edited", _data(_one_more_merge, "evaluate"), ["tokenizer.json", "made with", "prepare"]),
+    ("missing-manifest", _data(lambda d: (d / "manifest.json").unlink()), ["manifest.json", "prepare"]),
+    ("garbage-manifest", _data(lambda d: (d / "manifest.json").write_text("[1")), ["manifest.json", "prepare"]),
+    ("cls-truncated-npz", _data(_truncate_file("train.npz"), task="classification"), ["train.npz", "prepare"]),
+    (
+        "cls-garbage-labels",
+        _data(lambda d: (d / "labels.json").write_text("{not json"), task="classification"),
+        ["labels.json", "not valid JSON", "prepare"],
+    ),
+    (
+        "cls-labels-not-a-list",
+        _data(lambda d: (d / "labels.json").write_text('{"fresh": 0}'), task="classification"),
+        ["labels.json", "list", "prepare"],
+    ),
+    (
+        "cls-garbage-tokenizer",
+        _data(lambda d: (d / "tokenizer.json").write_text("\x00\x01"), "evaluate", "classification"),
+        ["tokenizer.json", "prepare"],
+    ),
+    (
+        "cls-label-out-of-range",
+        _data(_npz_edit("validation", "labels", 3, 7), task="classification"),
+        ["validation.npz", "labels outside 0..1", "prepare"],
+    ),
+    (
+        "cls-token-id-out-of-range",
+        _data(_npz_edit("test", "text_ids", 5, 50000), "evaluate", "classification"),
+        ["test.npz", "outside", "vocabulary", "prepare"],
+    ),
+    (
+        "cls-garbage-test-texts",
+        _data(lambda d: (d / "test.json").write_text('{"texts": [1'), "evaluate", "classification"),
+        ["test.json", "prepare"],
+    ),
+    (
+        "cls-test-texts-missing",
+        _data(lambda d: (d / "test.json").unlink(), "evaluate", "classification"),
+        ["test.json", "prepare"],
+    ),
+    # prepare: the corpus itself (local files and bundled snapshots) is broken
+    ("prepare-column-missing", _prepare(_write_jsonl("c.jsonl", '{"body": "a line"}\n' * 50)), ["text", "body"]),
+    ("prepare-empty-file", _prepare(_write_jsonl("empty.jsonl", "")), ["empty"]),
+    ("prepare-hub-offline", _prepare(lambda w: "roneneldan/TinyStories"), ["roneneldan/TinyStories", "download"]),
+    (
+        "prepare-bad-jsonl-line",
+        _prepare(_write_jsonl("c.jsonl", '{"text": "one"}\n{"text": "tw\n' + '{"text": "three"}\n' * 50)),
+        ["c.jsonl", "line 2", "not valid JSON", "fix or remove"],
+    ),
+    (
+        "prepare-jsonl-invalid-utf8",
+        _prepare(_write_bytes("c.jsonl", b'{"text": "one"}\n' * 2 + b'{"text": "t\xffo"}\n' * 50)),
+        ["c.jsonl", "line 3", "UTF-8"],
+    ),
+    (
+        "prepare-truncated-gz",
+        _prepare(_write_bytes("c.jsonl.gz", gzip.compress(b'{"text": "one two"}\n' * 500)[:60])),
+        ["c.jsonl.gz", "truncated", "gz"],
+    ),
+    (
+        "prepare-invalid-utf8",
+        _prepare(_write_bytes("c.txt", b"first paragraph\n\nsecond \xff\xfe paragraph\n" * 30)),
+        ["c.txt", "check the file"],
+    ),
+    (
+        "corpus-truncated-xz",
+        _prepare(lambda w: "shakespeare", _bundled("shakespeare.txt.xz", lambda b: b[: len(b) // 2])),
+        ["shakespeare.txt.xz", "truncated", "git checkout"],
+    ),
+    (
+        "corpus-not-xz",
+        _prepare(lambda w: "shakespeare", _bundled("shakespeare.txt.xz", lambda b: b"just text\n" * 100)),
+        ["shakespeare.txt.xz", "not xz", "git checkout"],
+    ),
+    (
+        "corpus-invalid-utf8",
+        _prepare(lambda w: "shakespeare", _bundled("shakespeare.txt.xz", lambda b: _xz(b"Act I\n\n\xc3\x28 x\n"))),
+        ["shakespeare.txt.xz", "UTF-8", "git checkout"],
+    ),
+    (
+        "corpus-bad-jsonl-line",
+        _prepare(lambda w: "rotten-tomatoes", _bundled("rotten_tomatoes.jsonl.xz", _bad_jsonl_line)),
+        ["rotten_tomatoes.jsonl.xz", "line 101", "not valid JSON"],
+    ),
+    ("corpus-missing", _prepare(lambda w: "shakespeare", lambda d: None), ["shakespeare.txt.xz", "MOELAB_CORPORA"]),
+    # checkpoints and metrics files
     ("truncated-latest-train", _ckpt(_truncate, "train"), ["latest.pt", "unreadable"]),
     ("truncated-best-evaluate", _ckpt(_truncate_best, "evaluate"), ["best.pt", "unreadable"]),
     ("random-bytes-latest-train", _ckpt(_random_bytes, "train"), ["latest.pt", "unreadable"]),
+    ("best-over-latest-train", _ckpt(_best_over_latest, "train"), ["latest.pt", "no optimizer", "--restart"]),
     (
         "evil-pickle-latest-train",
         _ckpt(_evil_pickle("latest.pt"), "train"),
@@ -430,10 +650,39 @@ BAD = [
     ("evil-pickle-best-evaluate", _ckpt(_evil_pickle("best.pt"), "evaluate"), ["best.pt", "could run code"]),
     ("evil-torch-save-evaluate", _ckpt(_evil_torch_save, "evaluate"), ["best.pt", "could run code"]),
     ("other-model-size-evaluate", _args("--model", "e16", stage="evaluate"), ["best.pt", "model"]),
+    ("truncated-eval-json-report", _report_of_truncated_eval, ["s0.json", "not valid JSON", "re-run"]),
 ]
 
 
-SUBPROCESS = {"prepare-hub-offline", "truncated-latest-train", "evil-pickle-best-evaluate", "bad-seed-flag"}
+SUBPROCESS = {
+    "prepare-hub-offline",
+    "truncated-latest-train",
+    "evil-pickle-best-evaluate",
+    "bad-seed-flag",
+    "corpus-truncated-xz",
+    "prepare-bad-jsonl-line",
+}
+
+
+def _moelab(argv, env, cwd, subprocess_, monkeypatch, capfd) -> tuple[int, str]:
+    """(exit status, stderr) of `moelab *argv`: in a fresh interpreter (offline env set before any HF
+    import), or in-process (fast; an unexplained exception escapes main() and fails the test)."""
+    if subprocess_:
+        r = subprocess.run(
+            [sys.executable, "-m", "moelab", *argv], env=env, capture_output=True, text=True, timeout=120, cwd=cwd
+        )
+        return r.returncode, r.stderr
+    from moelab.cli import main
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.chdir(cwd)
+    capfd.readouterr()
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:
+        rc = exit_.code
+    return rc, capfd.readouterr().err
 
 
 @pytest.mark.parametrize("case,setup,words", BAD, ids=[b[0] for b in BAD])
@@ -443,37 +692,29 @@ def test_bad_input_one_clear_line_nothing_lost(trained, tmp_path, case, setup, w
     params = work / "params.yaml"
     extra, opts = setup(work, params)
     stage = extra[0]
-    before = digest(work / "models", work / "metrics")
+    watched = [work / "models", work / "metrics", *opts.get("watch", [])]
+    before = digest(*watched)
     pwned = tmp_path / "pwned"
-    env = {**ENV, "MOELAB_PWNED": str(pwned)}
-    if opts.get("prepare"):
-        argv = [sys.executable, "-m", "moelab", "prepare", "--task", "lm", "--params", str(params), *extra[1:]]
+    env = {**ENV, "MOELAB_PWNED": str(pwned), **opts.get("env", {})}
+    if opts.get("argv"):
+        argv = extra
+    elif opts.get("prepare"):
+        argv = ["prepare", "--task", "lm", "--params", str(params), *extra[1:]]
     else:
-        argv = cli(stage, params, work, "--quiet", *extra[1:], data=opts.get("data", DATA))
-    if case in SUBPROCESS:  # the real thing: a fresh interpreter, offline env set before any HF import
-        r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-        rc, stderr = r.returncode, r.stderr
-    else:  # in-process (fast); an unexplained exception would escape main() and fail here
-        from moelab.cli import main
-
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.chdir(tmp_path)
-        capfd.readouterr()
-        try:
-            rc = main(argv[3:])
-        except SystemExit as exit_:
-            rc = exit_.code
-        stderr = capfd.readouterr().err
+        argv = cli(stage, params, work, "--quiet", *extra[1:], data=opts.get("data", DATA))[3:]
+    rc, stderr = _moelab(argv, env, tmp_path, case in SUBPROCESS, monkeypatch, capfd)
     lines = stderr.strip().splitlines()
     assert rc == 2, stderr
     assert len(lines) == 1, stderr  # no traceback, no warnings
     assert lines[0].startswith(f"moelab {stage}: error: "), lines[0]
     for w in words:
         assert w.lower() in lines[0].lower(), (w, lines[0])
-    assert digest(work / "models", work / "metrics") == before  # nothing overwritten
+    assert digest(*watched) == before  # nothing overwritten
     assert not pwned.exists()  # nothing unpickled / executed
     assert not list((work / "models").glob(".*.tmp"))
+    if opts.get("validation"):  # refused by validating params.yaml, i.e. before any data is read
+        rc, check = _moelab(["check", "--params", str(params)], env, tmp_path, False, monkeypatch, capfd)
+        assert rc == 2 and check.strip() == lines[0].replace(f"moelab {stage}:", "moelab check:", 1), check
 
 
 def test_no_trust_remote_code_and_safe_loads():

@@ -103,8 +103,8 @@ def write_metrics(path: str | Path, metrics: dict, config: dict | None = None, e
     write_json(path, metrics)
 
 
-def read_json(path: str | Path) -> dict:
-    """A JSON object; a truncated or non-JSON file is a DataError naming it."""
+def read_json(path: str | Path, redo: str = "re-run the stage that writes it") -> dict:
+    """A JSON object; a truncated or non-JSON file is a DataError naming it and saying `redo`."""
     from .errors import DataError
 
     path = Path(path)
@@ -113,7 +113,7 @@ def read_json(path: str | Path) -> dict:
     except FileNotFoundError:
         raise
     except (ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"{path} is not valid JSON ({err}): re-run the stage that writes it") from None
+        raise DataError(f"{path} is not valid JSON ({err}): {redo}") from None
     if not isinstance(value, dict):
-        raise DataError(f"{path} holds a JSON {type(value).__name__}, not an object: re-run the stage that writes it")
+        raise DataError(f"{path} holds a JSON {type(value).__name__}, not an object: {redo}")
     return value
