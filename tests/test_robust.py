@@ -103,43 +103,74 @@ def live_logs(work: Path) -> dict[str, str]:
     return {str(f.relative_to(base)): f.read_text() for f in sorted(base.rglob("*.tsv"))}
 
 
-# ---------------------------------------------------------------- exact resume after SIGKILL
-def test_sigkill_resume_is_exact(tmp_path):
-    params = tiny_params(tmp_path / "params.yaml")
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    r = run_cli(cli("train", params, full, "--quiet"))
+# ---------------------------------------------------------------- exact resume after SIGKILL / Ctrl-C
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """A 40-step run trained in one go: what an interrupted and resumed run must reproduce exactly."""
+    work = tmp_path_factory.mktemp("uninterrupted")
+    r = run_cli(cli("train", tiny_params(work / "params.yaml"), work, "--quiet"))
     assert r.returncode == 0, r.stderr
+    return work
 
-    latest = killed / "models" / "latest.pt"
+
+def start_and_signal(params: Path, work: Path, sig: int, settle: float) -> subprocess.Popen:
+    """Start `moelab train`, wait for its first checkpoint, wait `settle` s more, send `sig`."""
+    latest = work / "models" / "latest.pt"
     proc = subprocess.Popen(
-        cli("train", params, killed, "--quiet"), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        cli("train", params, work, "--quiet"), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 90
     while not latest.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
-    time.sleep(0.05)  # land somewhere between checkpoints
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (killed / "metrics" / "train.json").exists()
-    killed_at = torch.load(latest, weights_only=True)["step"]
-    assert 0 < killed_at < 40
+    time.sleep(settle)
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    return proc
 
-    r = run_cli(cli("train", params, killed, "--quiet"))
+
+def assert_resumes_exactly(work: Path, params: Path, reference: Path, resumed_at: int) -> None:
+    """Re-running the same command finishes bit-identical to the uninterrupted run."""
+    r = run_cli(cli("train", params, work, "--quiet"))
     assert r.returncode == 0, r.stderr
-    resumed = json.loads((killed / "metrics" / "train.json").read_text())
-    assert resumed["resumed_from_step"] == killed_at
-    assert metrics_of(killed) == metrics_of(full)  # bit-exact on CPU
+    resumed = json.loads((work / "metrics" / "train.json").read_text())
+    assert resumed["resumed_from_step"] == resumed_at
+    assert metrics_of(work) == metrics_of(reference)  # bit-exact on CPU
     for name in ("latest.pt", "best.pt"):
-        a, b = weights(full / "models" / name), weights(killed / "models" / name)
+        a, b = weights(reference / "models" / name), weights(work / "models" / name)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     biases = [k for k in a if k.endswith("selection_bias.bias")]
     assert biases and any(a[k].abs().sum() > 0 for k in biases), "selection bias not active / not checkpointed"
-    state = torch.load(killed / "models" / "latest.pt", weights_only=True)
+    state = torch.load(work / "models" / "latest.pt", weights_only=True)
     assert [r["step"] for r in state["history"]] == list(range(1, 41))
-    assert live_logs(killed) == live_logs(full)  # DVCLive: no step logged twice or lost
-    assert not list((killed / "models").glob(".*.tmp"))
+    assert live_logs(work) == live_logs(reference)  # DVCLive: no step logged twice or lost
+    assert not list((work / "models").glob(".*.tmp"))
+
+
+def test_sigkill_resume_is_exact(tmp_path, uninterrupted):
+    params = tiny_params(tmp_path / "params.yaml")
+    proc = start_and_signal(params, tmp_path, signal.SIGKILL, settle=0.05)  # somewhere between checkpoints
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "metrics" / "train.json").exists()
+    killed_at = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["step"]
+    assert 0 < killed_at < 40
+    assert_resumes_exactly(tmp_path, params, uninterrupted, killed_at)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resumes_exactly(tmp_path, uninterrupted):
+    """Ctrl-C (SIGINT) during training: a checkpoint at the last finished step, one line naming that
+    step, exit 130; the same command then finishes exactly as if never interrupted."""
+    params = tiny_params(tmp_path / "params.yaml")
+    proc = start_and_signal(params, tmp_path, signal.SIGINT, settle=0.02)
+    stderr = proc.stderr.read()
+    assert proc.returncode == 130, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moelab train: "), stderr
+    saved = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["step"]
+    assert 5 <= saved < 40  # the step it had finished, whether or not checkpoint_every divides it
+    assert f"interrupted at step {saved} of 40" in lines[0] and "re-run the same command" in lines[0]
+    assert not (tmp_path / "metrics" / "train.json").exists()
+    assert_resumes_exactly(tmp_path, params, uninterrupted, saved)
 
 
 def test_resume_of_finished_run_changes_nothing(tmp_path):
@@ -199,21 +230,172 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["latest.pt"]
 
 
+def tiny_data_params(path: Path, **overrides) -> Path:
+    """tiny_params whose lm corpus is cut to 40 documents and a 300-token vocabulary: prepares in seconds."""
+    return tiny_params(
+        path, steps=5, **{"lm.data.max_records": 40, "lm.data.vocab_size": 300, "lm.data.seq_len": 32, **overrides}
+    )
+
+
+def modes(*paths: Path) -> dict[str, str]:
+    return {p.name: oct(p.stat().st_mode & 0o777) for p in paths}
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    """Under umask 022 every file moelab writes (prepared data, checkpoints, metrics) is 0644 and every
+    directory 0755, as with any other tool: atomic writes must not leave mkstemp's 0600."""
+    params = tiny_data_params(tmp_path / "params.yaml")
+    data = tmp_path / "prepared" / "lm"
+    umask_022 = {
+        "env": ENV,
+        "capture_output": True,
+        "text": True,
+        "timeout": 300,
+        "preexec_fn": lambda: os.umask(0o022),
+    }
+    prepare = [sys.executable, "-m", "moelab", "prepare", "--task", "lm", "--params", str(params), "--out", str(data)]
+    for argv in (
+        prepare,
+        cli("train", params, tmp_path, "--quiet", data=data),
+        cli("evaluate", params, tmp_path, "--quiet", data=data),
+    ):
+        r = subprocess.run(argv, **umask_022)
+        assert r.returncode == 0, r.stderr
+    files = [f for d in (data, tmp_path / "models", tmp_path / "metrics") for f in d.rglob("*") if f.is_file()]
+    dirs = [data, tmp_path / "models", tmp_path / "metrics", *(f.parent for f in files)]
+    names = {f.name for f in files}
+    assert {"tokenizer.json", "manifest.json", "train.npy", "latest.pt", "best.pt", "train.json", "eval.json"} <= names
+    assert modes(*files) == dict.fromkeys(modes(*files), "0o644")
+    assert modes(*dirs) == dict.fromkeys(modes(*dirs), "0o755")
+
+
+def test_atomic_writes_follow_a_strict_umask_too(tmp_path):
+    from moelab.io import atomic_write_text, default_mode
+
+    old = os.umask(0o077)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        assert default_mode(directory=True) == 0o700
+    finally:
+        os.umask(old)
+    assert modes(tmp_path / "a.json") == {"a.json": "0o600"}
+
+
+# ---------------------------------------------------------------- YAML 1.2 numbers
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e4` as the string '1e4'; params.yaml is read with YAML 1.2's rule,
+    as DVC reads it, so `lr: 1e4` is the number 10000.0 (and names such as e8 stay names)."""
+    from moelab.cli import main
+    from moelab.config import load_params
+    from moelab.config.load import read_yaml
+
+    f = tmp_path / "values.yaml"
+    f.write_text("a: 1e4\nb: 1E-3\nc: -2e-5\nd: +1e2\ne: 12\nf: e8\ng: 1.5\nh: .inf\ni: 1_000\n")
+    values = read_yaml(f)
+    assert values == {
+        "a": 1e4,
+        "b": 1e-3,
+        "c": -2e-5,
+        "d": 100.0,
+        "e": 12,
+        "f": "e8",
+        "g": 1.5,
+        "h": float("inf"),
+        "i": 1000,
+    }
+    assert [type(values[k]) for k in "aeg"] == [float, int, float]
+    params = tiny_params(tmp_path / "params.yaml")
+    text = params.read_text()
+    assert "    lr: 0.003\n" in text
+    params.write_text(text.replace("    lr: 0.003\n", "    lr: 1e4\n", 1))
+    assert load_params(params).lm.train.lr == 10000.0
+    assert main(["check", "--params", str(params)]) == 0
+
+
+# ---------------------------------------------------------------- an interrupted prepare
+KILL_AFTER_TOKENIZER = """
+import os, signal, sys
+from moelab.data import tokenizer
+real = tokenizer.train_bpe
+def train_then_die(*args, **kwargs):
+    tok = real(*args, **kwargs)  # tokenizer.json written; the token ids not yet
+    os.kill(os.getpid(), signal.SIGKILL)
+tokenizer.train_bpe = train_then_die
+from moelab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_prepare_killed_after_its_tokenizer_leaves_the_old_data_whole(tmp_path, monkeypatch):
+    """A prepare killed between writing the new tokenizer and the new token ids (SIGKILL: no cleanup
+    runs) leaves the old prepared directory byte-identical and consistent; the next prepare removes
+    the killed one's temp dir. An exception (Ctrl-C) at that point leaves not even a temp dir."""
+    from moelab.cli import main
+    from moelab.data import tokenizer
+    from moelab.data.tokenizer import load_checked_tokenizer
+
+    out = tmp_path / "prepared" / "lm"
+    argv = ["prepare", "--task", "lm", "--out", str(out), "--params"]
+    assert main([*argv, str(tiny_data_params(tmp_path / "old.yaml"))]) == 0
+    old = digest(out)
+    new_params = str(tiny_data_params(tmp_path / "new.yaml", **{"lm.data.vocab_size": 400}))
+
+    r = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_TOKENIZER, *argv, new_params],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert digest(out) == old
+    (stale,) = out.parent.glob(".lm.prepare-tmp-*")
+    assert (stale / "tokenizer.json").is_file() and not (stale / "train.npy").exists()  # killed where intended
+    load_checked_tokenizer(out, "")  # the old ids and the old tokenizer still belong together
+
+    real = tokenizer.train_bpe
+
+    def train_then_interrupt(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tokenizer, "train_bpe", train_then_interrupt)
+    assert main([*argv, new_params]) == 130
+    assert digest(out) == old
+    assert sorted(p.name for p in out.parent.iterdir()) == [".lm.lockdir", "lm"]  # the stale temp dir is gone too
+
+    out.rename(out.parent / ".lm.prepare-old")  # as if killed between moving the old data aside and the new in
+    assert main([*argv, new_params]) == 130
+    assert digest(out) == old, "the old data is put back before anything else"
+
+    monkeypatch.setattr(tokenizer, "train_bpe", real)
+    assert main([*argv, new_params]) == 0
+    assert json.loads((out / "manifest.json").read_text())["stats"]["vocab_size"] == 400
+    load_checked_tokenizer(out, "")
+    assert sorted(p.name for p in out.parent.iterdir()) == [".lm.lockdir", "lm"]
+
+
 # ---------------------------------------------------------------- NaN / inf guard
-@pytest.mark.parametrize("term", ["task loss", "balancing loss"])
-def test_non_finite_loss_stops_with_step_and_term(tmp_path, monkeypatch, term):
-    from moelab.config import load_params, resolve_run
+@pytest.mark.parametrize(
+    "term,knob,lowered", [("task loss", "lm.train.lr", 0.001), ("balancing loss", "moe.aux_loss_coef", 0.001)]
+)
+def test_non_finite_loss_stops_and_its_advice_works(tmp_path, monkeypatch, capfd, term, knob, lowered):
+    """A non-finite loss at step 8 stops training with one line naming the step, the term, the last
+    good checkpoint (step 5, left intact) and the key to lower; doing exactly that and re-running
+    the same command starts a fresh run, with one line saying so."""
+    from moelab.cli import main
     from moelab.train import loop as tr
 
-    run = resolve_run(load_params(tiny_params(tmp_path / "params.yaml", steps=20)))
+    params = tiny_params(tmp_path / "params.yaml", steps=20)
+    argv = cli("train", params, tmp_path, "--quiet")[3:]
     latest = tmp_path / "models" / "latest.pt"
-    seen = {"steps": 0, "latest": None}
+    seen = {"steps": 0, "latest": None, "armed": True}
     real_loss = tr.task_loss
 
     def poisoned(model, batch):
         loss, info = real_loss(model, batch)
         core = getattr(model, "module", model)
-        if core.training:
+        if core.training and seen["armed"]:
             seen["steps"] += 1
             if seen["steps"] == 8:
                 seen["latest"] = latest.read_bytes()  # the last good checkpoint (step 5)
@@ -224,13 +406,25 @@ def test_non_finite_loss_stops_with_step_and_term(tmp_path, monkeypatch, term):
         return loss, info
 
     monkeypatch.setattr(tr, "task_loss", poisoned)
-    with pytest.raises(tr.NonFiniteLoss) as err:
-        tr.train(run, DATA, tmp_path / "models", tmp_path / "metrics" / "train.json", progress=False)
-    msg = str(err.value)
-    assert "step 8:" in msg and term in msg and "intact" in msg
+    capfd.readouterr()
+    assert main(argv) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moelab train: error: step 8: "), lines
+    msg = lines[0]
+    assert term in msg and "non-finite" in msg and f"{latest} (step 5) left intact" in msg, msg
+    assert f"lower {knob}" in msg and "params.yaml" in msg and "starts a fresh run" in msg, msg
+    assert "resume from step 5 (--restart: from step 0)" in msg, msg
     assert latest.read_bytes() == seen["latest"]
-    assert torch.load(latest, weights_only=True)["step"] == 5
     assert not (tmp_path / "metrics" / "train.json").exists()
+
+    seen["armed"] = False  # the advice: lower that value in params.yaml, re-run the same command
+    tiny_params(params, steps=20, **{knob: lowered})
+    assert main(argv) == 0
+    started = [line for line in capfd.readouterr().out.splitlines() if "started fresh" in line]
+    assert len(started) == 1 and knob.split(".")[-1] in started[0], started
+    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["resumed_from_step"] == 0
+    aside = tmp_path / ".models.previous" / "latest.pt"
+    assert aside.read_bytes() == seen["latest"], "the old run's checkpoint is moved aside, not deleted"
 
 
 def test_non_finite_loss_cli_one_line(tmp_path):

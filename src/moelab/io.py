@@ -37,9 +37,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def default_mode(directory: bool = False) -> int:
     """The mode a new file (0666) or directory (0777) gets under the process umask."""
-    umask = os.umask(0)
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process umask: read from /proc where it is there (Linux), since the portable way (set it
+    and set it back) leaves a moment in which another thread would create files with umask 0."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)  # the strictest value for that moment
     os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+    return umask
 
 
 def _fsync_dir(directory: Path) -> None:

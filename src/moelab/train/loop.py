@@ -51,8 +51,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_finite(step: int, terms: dict[str, torch.Tensor], ckpt: Path, env: DistEnv | None = None) -> None:
-    """Raise NonFiniteLoss naming the step (1-based, the one being computed) and the first bad term.
+def check_finite(
+    step: int,
+    terms: dict[str, torch.Tensor],
+    ckpt: Path,
+    env: DistEnv | None = None,
+    *,
+    task: str = "<task>",
+    saved_step: int | None = None,
+) -> None:
+    """Raise NonFiniteLoss naming the step (1-based, the one being computed), the first bad term and
+    what to do; `saved_step`: the step of the checkpoint at `ckpt` (None: none written yet).
 
     Under DDP the verdict is all-reduced, so every rank stops together instead of one rank raising
     while the others wait forever in the next collective."""
@@ -67,14 +76,16 @@ def check_finite(step: int, terms: dict[str, torch.Tensor], ckpt: Path, env: Dis
         name = bad[0]
         value = terms[name].detach().float().reshape(-1)
         shown = value[~torch.isfinite(value)][:1].tolist() or ["non-finite on another rank"]
-        where = f"{ckpt} left intact" if ckpt.exists() else f"no checkpoint written yet ({ckpt})"
-        knob = (
-            "moe.aux_loss_coef / moe.z_loss_coef" if name == "balancing loss" else "the learning rate (<task>.train.lr)"
-        )
+        knob = "moe.aux_loss_coef / moe.z_loss_coef" if name == "balancing loss" else f"{task}.train.lr"
+        if saved_step is None:
+            where, same = f"no checkpoint written yet ({ckpt})", "start from step 0 again"
+        else:
+            where = f"last good checkpoint {ckpt} (step {saved_step}) left intact"
+            same = f"resume from step {saved_step} (--restart: from step 0)"
         raise NonFiniteLoss(
-            f"step {step}: {name} is {shown[0]} (non-finite); training stopped, last good checkpoint "
-            f"{where}: lower {knob} or check the data, then re-run (a changed value starts "
-            f"a fresh run; the same values resume from the checkpoint)"
+            f"step {step}: {name} is {shown[0]} (non-finite); training stopped, {where}: lower {knob} in "
+            f"params.yaml or check the data, then re-run: a changed value starts a fresh run (the old "
+            f"checkpoints are moved aside), the same values {same}"
         )
 
 
@@ -196,6 +207,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     optimizer, scheduler = build_optimizer(model, tp)
     data_gen = torch.Generator().manual_seed(run.seed)
     step, best_val, history = 0, float("inf"), []
+    saved_step = None  # the step of latest.pt on disk (what a non-finite loss leaves to resume from)
     if state is not None:
         load_model_state(model, state, latest, config, ignore=NOT_TRAINING)
         _check_world_size(state, latest, env)
@@ -205,6 +217,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
         data_gen.set_state(state["rng"]["data"])
         random.setstate(_py_rng(state["rng"]["python"]))
         step, best_val, history = state["step"], state["best_val"], state.get("history", [])
+        saved_step = step
     resumed_from = step
     ddp = wrap_ddp(model, env)
     live = None
@@ -235,6 +248,8 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
         return out
 
     def save_latest(metrics: dict | None = None) -> None:
+        nonlocal saved_step
+        saved_step = step
         if env.main:
             save_checkpoint(latest, snapshot(metrics))
         env.barrier()  # no rank runs ahead of a checkpoint that rank 0 has not finished writing
@@ -267,13 +282,14 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
                 with autocast:
                     loss, info = task_loss(ddp, batch)
                     balancing = model.balancing_loss().to(loss.device)
-                check_finite(step + 1, {"task loss": loss, "balancing loss": balancing}, latest, env)
+                terms = {"task loss": loss, "balancing loss": balancing}
+                check_finite(step + 1, terms, latest, env, task=run.task, saved_step=saved_step)
                 ((loss + balancing) / tp.grad_accum).backward()
                 step_loss += loss.item() / tp.grad_accum
                 step_bal += balancing.item() / tp.grad_accum
                 tokens_seen += info["tokens"] * env.world
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-            check_finite(step + 1, {"gradient norm": grad_norm}, latest, env)
+            check_finite(step + 1, {"gradient norm": grad_norm}, latest, env, task=run.task, saved_step=saved_step)
             optimizer.step()
             scheduler.step()
             model.update_balancing()
