@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -41,46 +40,41 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     assert path.exists(), f"{path} never appeared (exit {proc.poll()})"
 
 
-def test_second_train_on_the_same_directory_is_refused_and_a_crash_releases_the_lock(tmp_path, data):
+def test_second_train_on_the_same_directory_is_refused_and_a_crash_releases_the_lock(tmp_path, data, capfd):
     """Two `moelab train` on one models directory would interleave checkpoints: the second is refused
-    (one line naming the holder, exit 2, the holder's files untouched); SIGKILL of the holder frees
-    the directory, and the next run resumes from the holder's last checkpoint."""
+    (one line naming the holder, exit 2, the holder undisturbed); SIGKILL of the holder frees the
+    directory, and the next run resumes from the holder's last checkpoint."""
+    from moelab.cli import main
+
     params = tiny_params(tmp_path / "params.yaml", steps=100_000)
     train = cli("train", params, tmp_path, "--quiet", data=data)
     holder = subprocess.Popen(train, env=ENV, stderr=subprocess.PIPE)
     try:
         wait_for(tmp_path / "models" / "latest.pt", holder)
-        second = subprocess.run(train, env=ENV, capture_output=True, text=True, timeout=120)
-        lines = second.stderr.strip().splitlines()
-        assert second.returncode == 2 and len(lines) == 1, second.stderr
-        assert lines[0].startswith("moelab train: error: ") and f"pid {holder.pid}" in lines[0], lines[0]
-        assert "locked" in lines[0] and "another directory" in lines[0], lines[0]
+        capfd.readouterr()
+        assert main(train[3:]) == 2  # the second run (in this process)
+        lines = capfd.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("moelab train: error: "), lines
+        assert f"pid {holder.pid}" in lines[0] and "locked" in lines[0] and "another directory" in lines[0], lines[0]
         assert holder.poll() is None, "the second run must not disturb the first"
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     saved = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["step"]
-    resumed = subprocess.run(
-        [*train, "--stop-after", str(saved + 1)], env=ENV, capture_output=True, text=True, timeout=120
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    assert main([*train[3:], "--stop-after", str(saved + 1)]) == 0
     assert torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["step"] == saved + 1
     assert json.loads((tmp_path / "metrics" / "train.json").read_text())["resumed_from_step"] == saved
 
 
-def test_second_prepare_of_the_same_directory_is_refused(tmp_path):
+def test_second_prepare_of_the_same_directory_is_refused(tmp_path, capfd):
+    from moelab.cli import main
     from moelab.locking import directory_lock
 
     out = tmp_path / "prepared" / "lm"
-    with directory_lock(out.parent / ".lm.lockdir", "prepared data"):
-        r = subprocess.run(
-            [sys.executable, "-m", "moelab", "prepare", "--task", "lm", "--out", str(out)],
-            env=ENV,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2 and len(lines) == 1 and f"pid {os.getpid()}" in lines[0], r.stderr
+    params = Path(__file__).resolve().parents[1] / "params.yaml"
+    with directory_lock(out.parent / ".lm.lockdir", "prepared data"):  # held by this process: another open
+        capfd.readouterr()
+        assert main(["prepare", "--task", "lm", "--out", str(out), "--params", str(params)]) == 2
+    lines = capfd.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"pid {os.getpid()}" in lines[0] and "prepared data" in lines[0], lines
     assert not out.exists()
