@@ -428,6 +428,34 @@ def test_non_finite_loss_stops_and_its_advice_works(tmp_path, monkeypatch, capfd
     assert aside.read_bytes() == seen["latest"], "the old run's checkpoint is moved aside, not deleted"
 
 
+def test_restart_moves_the_run_aside_and_trains_from_step_zero(tmp_path, monkeypatch, capfd):
+    """--restart on a finished run: one line, the run moved aside (a second one replaces it, and says
+    so), training from step 0; the old run's train metrics never sit beside the new run's checkpoints."""
+    from moelab.cli import main
+    from moelab.train import loop as tr
+
+    argv = cli("train", tiny_params(tmp_path / "params.yaml", steps=10), tmp_path, "--quiet")[3:]
+    assert main(argv) == 0
+    finished = (tmp_path / "models" / "latest.pt").read_bytes()
+    capfd.readouterr()
+    assert main([*argv, "--restart", "--stop-after", "3"]) == 0
+    (line,) = [x for x in capfd.readouterr().out.splitlines() if "started fresh" in x]
+    assert line == f"moelab train: --restart: moved that run to {tmp_path / '.models.previous'} and started fresh"
+    assert (tmp_path / ".models.previous" / "latest.pt").read_bytes() == finished
+    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["resumed_from_step"] == 0
+    assert torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["step"] == 3
+
+    def crash(model, batch):
+        raise RuntimeError("simulated crash in the first step")
+
+    monkeypatch.setattr(tr, "task_loss", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main([*argv, "--restart"])
+    assert "(replacing the one moved there before)" in capfd.readouterr().out
+    assert not (tmp_path / "metrics" / "train.json").exists(), "metrics of the moved-aside run left beside the new"
+    assert not (tmp_path / "metrics" / "train.meta.json").exists()
+
+
 def test_non_finite_loss_cli_one_line(tmp_path):
     """A real way: a learning rate that makes the loss explode."""
     params = tiny_params(

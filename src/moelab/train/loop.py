@@ -4,7 +4,7 @@ A models directory belongs to one run configuration (and the code that trains it
   * the same configuration resumes from latest.pt and finishes bit-identical to an uninterrupted run;
     a finished run is not trained again (its train metrics are rewritten from the checkpoint);
   * another configuration (or `restart=True`) starts fresh: the old checkpoints are moved aside to
-    `.<dir>.previous` beside the directory, and one line says so;
+    `.<dir>.previous` beside the directory (its train metrics removed), and one line says so;
   * the directory is locked while a process trains into it;
   * Ctrl-C saves a checkpoint at the last finished step and raises Interrupted (exit 130).
 """
@@ -30,7 +30,7 @@ from ..checkpoint import (
 )
 from ..config import RunConfig
 from ..errors import MoelabError, NonFiniteLoss
-from ..io import remove_stale_temps, write_metrics
+from ..io import meta_path, remove_stale_temps, write_metrics
 from ..locking import directory_lock
 from ..provenance import code_hash
 from ..tasks import build_task
@@ -168,20 +168,27 @@ def _resumable(latest: Path, config: dict, restart: bool) -> tuple[dict | None, 
     )
 
 
-def _move_aside(out_dir: Path, live_dir: Path | None, why: str, log) -> None:
-    """Start fresh: the old checkpoints (and curves) go to .<name>.previous beside their directory."""
+def _move_aside(out_dir: Path, live_dir: Path | None, metrics_path: Path, why: str, log) -> None:
+    """Start fresh: the old checkpoints (and curves) go to .<name>.previous beside their directory,
+    replacing what an earlier fresh start put there; the old train metrics, which would otherwise
+    sit beside the new run until it finishes, are removed (a finished run keeps them in its latest.pt)."""
+    aside = out_dir.parent / f".{out_dir.name}.previous"
+    replaced = aside.exists()
     for directory in (out_dir, live_dir):
         if directory is None or not directory.exists():
             continue
-        aside = directory.parent / f".{directory.name}.previous"
-        shutil.rmtree(aside, ignore_errors=True)
-        aside.mkdir(parents=True)
+        target = directory.parent / f".{directory.name}.previous"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
         for item in directory.iterdir():
             if item.name != ".lock":
-                item.rename(aside / item.name)
+                item.rename(target / item.name)
+    for stale in (metrics_path, meta_path(metrics_path)):
+        stale.unlink(missing_ok=True)
+    what = "--restart" if why == "--restart" else f"{out_dir} held a run of another configuration ({why})"
     log(
-        f"moelab train: {out_dir} held a run of another configuration ({why}); moved it to "
-        f"{out_dir.parent / f'.{out_dir.name}.previous'} and started fresh"
+        f"moelab train: {what}: moved that run to {aside}"
+        f"{' (replacing the one moved there before)' if replaced else ''} and started fresh"
     )
 
 
@@ -196,7 +203,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     if env.main:
         remove_stale_temps(out_dir)  # half-written checkpoints of a killed run
         if state is None and why:
-            _move_aside(out_dir, live_dir, why, log)
+            _move_aside(out_dir, live_dir, metrics_path, why, log)
     env.barrier()
     if state is not None and state["step"] >= tp.steps and "metrics" in state:
         if env.main:  # finished: nothing to train, rewrite its metrics
