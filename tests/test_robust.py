@@ -175,28 +175,34 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes_exactly(tmp_path, uninterrupted):
 
 
 def test_resume_of_finished_run_changes_nothing(tmp_path):
-    params = tiny_params(tmp_path / "params.yaml", steps=10)
-    assert run_cli(cli("train", params, tmp_path, "--quiet")).returncode == 0
+    from moelab.cli import main
+
+    argv = cli("train", tiny_params(tmp_path / "params.yaml", steps=10), tmp_path, "--quiet")[3:]
+    assert main(argv) == 0
     before = metrics_of(tmp_path)
     ckpt = digest(tmp_path / "models")
-    assert run_cli(cli("train", params, tmp_path, "--quiet")).returncode == 0
+    assert main(argv) == 0
     assert metrics_of(tmp_path) == before and digest(tmp_path / "models") == ckpt
 
 
-def test_resume_with_another_world_size_is_refused(tmp_path):
+def test_resume_with_another_world_size_is_refused(tmp_path, capfd):
     """The global batch is batch_size x world size: resuming a 2-rank checkpoint on 1 process would
     silently change it mid-run, so it is refused with one line and the checkpoint is kept."""
-    params = tiny_params(tmp_path / "params.yaml", steps=10)
-    assert run_cli(cli("train", params, tmp_path, "--quiet", "--stop-after", "5")).returncode == 0
+    from moelab.cli import main
+
+    argv = cli("train", tiny_params(tmp_path / "params.yaml", steps=10), tmp_path, "--quiet")[3:]
+    assert main([*argv, "--stop-after", "5"]) == 0
     latest = tmp_path / "models" / "latest.pt"
     state = torch.load(latest, weights_only=True)
     assert state["world_size"] == 1
     state["world_size"] = 2  # as if written by `torchrun --nproc_per_node 2`
     torch.save(state, latest)
     before = digest(tmp_path / "models")
-    r = run_cli(cli("train", params, tmp_path, "--quiet"))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "world size 2" in r.stderr and "--nproc_per_node 2" in r.stderr
+    capfd.readouterr()
+    assert main(argv) == 2
+    stderr = capfd.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert "world size 2" in stderr and "--nproc_per_node 2" in stderr
     assert digest(tmp_path / "models") == before
 
 
@@ -245,23 +251,17 @@ def modes(*paths: Path) -> dict[str, str]:
 def test_written_files_respect_the_umask(tmp_path):
     """Under umask 022 every file moelab writes (prepared data, checkpoints, metrics) is 0644 and every
     directory 0755, as with any other tool: atomic writes must not leave mkstemp's 0600."""
+    from moelab.cli import main
+
     params = tiny_data_params(tmp_path / "params.yaml")
     data = tmp_path / "prepared" / "lm"
-    umask_022 = {
-        "env": ENV,
-        "capture_output": True,
-        "text": True,
-        "timeout": 300,
-        "preexec_fn": lambda: os.umask(0o022),
-    }
-    prepare = [sys.executable, "-m", "moelab", "prepare", "--task", "lm", "--params", str(params), "--out", str(data)]
-    for argv in (
-        prepare,
-        cli("train", params, tmp_path, "--quiet", data=data),
-        cli("evaluate", params, tmp_path, "--quiet", data=data),
-    ):
-        r = subprocess.run(argv, **umask_022)
-        assert r.returncode == 0, r.stderr
+    old = os.umask(0o022)
+    try:
+        assert main(["prepare", "--task", "lm", "--params", str(params), "--out", str(data)]) == 0
+        assert main(cli("train", params, tmp_path, "--quiet", data=data)[3:]) == 0
+        assert main(cli("evaluate", params, tmp_path, "--quiet", data=data)[3:]) == 0
+    finally:
+        os.umask(old)
     files = [f for d in (data, tmp_path / "models", tmp_path / "metrics") for f in d.rglob("*") if f.is_file()]
     dirs = [data, tmp_path / "models", tmp_path / "metrics", *(f.parent for f in files)]
     names = {f.name for f in files}
