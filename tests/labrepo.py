@@ -23,7 +23,7 @@ def tiny(params: dict) -> dict:
 
 
 def make_lab(repo: Path, sh: Callable[[str, Path], str]) -> Path:
-    """Copy the sources, corpora and pipeline into `repo`, write tiny params, git + dvc init, commit."""
+    """Copy the sources, corpora, pipeline and ignore files into `repo`, write tiny params, git + dvc init, commit."""
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(ROOT / "data" / "corpora", repo / "data" / "corpora")
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
@@ -31,5 +31,6 @@ def make_lab(repo: Path, sh: Callable[[str, Path], str]) -> Path:
     params = tiny(yaml.safe_load((ROOT / "params.yaml").read_text()))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git init -q && dvc init -q && dvc config core.analytics false && dvc config core.check_update false", repo)
+    shutil.copy(ROOT / ".dvcignore", repo / ".dvcignore")  # after `dvc init`, which writes an empty one
     sh("git add -A && git commit -qm init", repo)
     return repo

@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # not found, permission, disk full: the path and what to check
         print(f"moelab {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside training's own step-boundary handler (or a second Ctrl-C)
+        print(
+            f"moelab {args.command}: interrupted; moelab writes each file atomically, so none is "
+            "half-written: re-run the same command to finish",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
