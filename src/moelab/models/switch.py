@@ -71,12 +71,7 @@ def moe_config_for(hf_config, moe: MoEConfig) -> MoEConfig:
             f"model preset n_experts = {moe.n_experts} but the Switch checkpoint has "
             f"{hf_config.num_experts} experts per MoE layer: set n_experts: {hf_config.num_experts}"
         )
-    act = HF_ACTIVATIONS.get(hf_config.dense_act_fn)
-    if act is None:
-        raise ConfigError(
-            f"Switch dense_act_fn {hf_config.dense_act_fn!r} is not supported; allowed: {', '.join(HF_ACTIVATIONS)}"
-        )
-    return moe.replace(d_model=hf_config.d_model, d_ff=hf_config.d_ff, activation=act)
+    return moe.replace(d_model=hf_config.d_model, d_ff=hf_config.d_ff, activation=hf_activation(hf_config))
 
 
 @torch.no_grad()
@@ -103,8 +98,11 @@ def wrap_sparse_mlp(sparse, cfg: MoEConfig, init: InitConfig | None = None) -> M
 
 class DenseFromExperts(nn.Module):
     """The dense baseline of a pretrained Switch checkpoint: each sparse MLP becomes one dense FFN of
-    width k * d_ff (the active FLOPs of top-k), built from the checkpoint's first k experts side by
-    side with the output scaled by 1/k, so it starts as the average of k pretrained experts. No router."""
+    width k * d_ff (the FFN FLOPs of top-k routing), made of the checkpoint's first k experts side by
+    side with the output scaled by 1/k: act(x [W_1 .. W_k]) [V_1 .. V_k]^T / k = mean_j expert_j(x).
+    No router. It starts as the uniform average of k pretrained experts applied to every token, a
+    function the checkpoint never computed (each expert was trained on the tokens routed to it), so it
+    is a "same weights, no routing" ablation, not a dense model pretrained as such (README)."""
 
     def __init__(self, sparse, k: int, activation: str):
         super().__init__()
@@ -120,6 +118,29 @@ class DenseFromExperts(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.ffn(hidden_states)
+
+
+def experts_in_dense(model: ModelConfig, hf_config) -> int:
+    """k of the dense baseline of a checkpoint: its FFN width model.dense_d_ff (dense.top_k x the
+    preset's d_ff) must be k whole experts of the checkpoint, 1 <= k <= num_experts."""
+    k, rest = divmod(model.dense_d_ff, hf_config.d_ff)
+    if rest or not 1 <= k <= hf_config.num_experts:
+        raise ConfigError(
+            f"the dense baseline of the Switch checkpoint needs an FFN width of k x its expert d_ff "
+            f"({hf_config.d_ff}), 1 <= k <= {hf_config.num_experts}; dense.top_k x the preset's d_ff is "
+            f"{model.dense_d_ff}: set the preset's d_ff: {hf_config.d_ff}"
+        )
+    return k
+
+
+def hf_activation(hf_config) -> str:
+    """The moelab name of the checkpoint's FFN activation (`dense_act_fn`)."""
+    act = HF_ACTIVATIONS.get(hf_config.dense_act_fn)
+    if act is None:
+        raise ConfigError(
+            f"Switch dense_act_fn {hf_config.dense_act_fn!r} is not supported; allowed: {', '.join(HF_ACTIVATIONS)}"
+        )
+    return act
 
 
 def _sparse_mlps(hf_model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -235,7 +256,6 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
         pad_id: int = 0,
         eos_id: int = 1,
         max_target_len: int = 32,
-        dense_top_k: int = 2,
     ):
         super().__init__()
         self.hf = load_hf(model, vocab_size, pad_id, eos_id)
@@ -247,9 +267,10 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
             # a KV cache routes one new token at a time; with capacity, a token's slot depends on the
             # earlier tokens of its sequence, so generation then re-runs the whole prefix each step
             self.use_cache = decoder.capacity_factor <= 0
-        else:
-            for name, module in _sparse_mlps(self.hf):  # a pretrained checkpoint's sparse MLPs
-                _replace(self.hf, name, DenseFromExperts(module, dense_top_k, model.activation))
+        elif model.pretrained:  # the dense baseline: each sparse MLP of the checkpoint becomes a dense FFN
+            k, act = experts_in_dense(model, self.hf.config), hf_activation(self.hf.config)
+            for name, module in _sparse_mlps(self.hf):
+                _replace(self.hf, name, DenseFromExperts(module, k, act))
 
     def _wrappers(self, stack: nn.Module) -> list[MoESparseMLP]:
         return [m for m in stack.modules() if isinstance(m, MoESparseMLP)]
