@@ -232,6 +232,28 @@ def test_pretrained_checkpoint_trains_and_evaluates_through_the_cli(checkpoint, 
     assert len(json.loads((tmp_path / "metrics" / "eval.routing.json").read_text())["layers"]) == 4
 
 
+def test_fresh_router_on_a_checkpoint_keeps_its_experts_and_gets_moelab_init(checkpoint, summ_data, tmp_path):
+    """router_from_checkpoint: false (SparTMoE discards the checkpoint's router): the experts are still the
+    checkpoint's, the router is Switch-initialised (truncated normal, |w| <= 2 sqrt(router_scale / d))."""
+    from transformers import SwitchTransformersForConditionalGeneration
+
+    ckpt, params = checkpoint
+    raw = yaml.safe_load(params.read_text())
+    raw["summarization"]["models"]["e8"]["router_from_checkpoint"] = False
+    fresh_params = tmp_path / "params.yaml"
+    fresh_params.write_text(yaml.safe_dump(raw))
+    run = resolve_run(load_params(fresh_params), task="summarization", router="linear", gate="softmax-top1", model="e8")
+    model = SummarizationTask(run, summ_data).build_model()
+    reference = SwitchTransformersForConditionalGeneration.from_pretrained(ckpt)
+    bound = 2 * (run.model.init.router_scale / 32) ** 0.5  # d_model of the checkpoint: 32
+    for name, sparse in hf_sparse_mlps(reference).items():
+        moe = model.hf.get_submodule(name).moe
+        assert torch.equal(moe.experts.w_in[0], sparse.experts["expert_0"].wi.weight.T)
+        router = moe.router.proj.weight
+        assert not torch.allclose(router, sparse.router.classifier.weight)
+        assert router.abs().max().item() <= bound and router.std().item() > bound / 8
+
+
 def test_preset_with_other_n_experts_than_the_checkpoint_is_one_config_error(checkpoint, summ_data, tmp_path, capsys):
     _, params = checkpoint
     run = resolve_run(load_params(params), task="summarization", gate="softmax-top1", model="e16")

@@ -75,23 +75,25 @@ def moe_config_for(hf_config, moe: MoEConfig) -> MoEConfig:
 
 
 @torch.no_grad()
-def wrap_sparse_mlp(sparse, cfg: MoEConfig, init: InitConfig | None = None) -> MoESparseMLP:
-    """A MoESparseMLP holding the expert (and linear-router) weights of an HF SparseMLP; a router
-    the checkpoint has no weights for is initialised with `init`."""
+def wrap_sparse_mlp(sparse, cfg: MoEConfig, router_init: InitConfig | None = None) -> MoESparseMLP:
+    """A MoESparseMLP holding the expert weights of an HF SparseMLP and, with router_init None, its
+    (linear) router weights; with router_init given, a fresh router initialised with it."""
     wrapper = MoESparseMLP(cfg)
     layer = wrapper.moe
-    if init is not None:
-        layer.router.reset_parameters(init)
     for e in range(cfg.n_experts):
         hf_expert = sparse.experts[f"expert_{e}"]
         layer.experts.w_in[e].copy_(hf_expert.wi.weight.T)  # wi.weight: [f, d] -> w_in[e]: [d, f]
         layer.experts.w_out[e].copy_(hf_expert.wo.weight.T)  # wo.weight: [d, f] -> w_out[e]: [f, d]
     classifier = sparse.router.classifier
-    if cfg.router == "linear":
-        if classifier.bias is not None:
-            raise ConfigError(
-                "the Switch checkpoint's router has a bias (router_bias: true); moelab's linear router has none"
-            )
+    if router_init is not None:
+        layer.router.reset_parameters(router_init)
+    elif cfg.router != "linear":
+        raise ConfigError(f"the Switch checkpoint has no weights for a {cfg.router!r} router: it needs an init")
+    elif classifier.bias is not None:
+        raise ConfigError(
+            "the Switch checkpoint's router has a bias (router_bias: true); moelab's linear router has none"
+        )
+    else:
         layer.router.proj.weight.copy_(classifier.weight)  # [E, d]
     return wrapper.to(classifier.weight.dtype)
 
@@ -155,16 +157,23 @@ def _replace(hf_model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def swap_sparse_mlps(
-    hf_model: nn.Module, encoder: MoEConfig, decoder: MoEConfig, init: InitConfig, pretrained: bool
+    hf_model: nn.Module,
+    encoder: MoEConfig,
+    decoder: MoEConfig,
+    init: InitConfig,
+    pretrained: bool,
+    router_from_checkpoint: bool = True,
 ) -> int:
     """Replace every SwitchTransformersSparseMLP of `hf_model` in place (encoder / decoder configs).
-    Pretrained: keep the checkpoint's experts (and router, when linear). From scratch: fresh layers
-    with moelab's init. Returns how many were replaced."""
+    Pretrained: keep the checkpoint's experts, and its router when linear and router_from_checkpoint
+    (otherwise a fresh router with moelab's init). From scratch: fresh layers with moelab's init.
+    Returns how many were replaced."""
     targets = _sparse_mlps(hf_model)
     for name, module in targets:
         cfg = decoder if name.startswith("decoder.") else encoder
         if pretrained:
-            new = wrap_sparse_mlp(module, cfg, None if cfg.router == "linear" else init)
+            keep = router_from_checkpoint and cfg.router == "linear"
+            new = wrap_sparse_mlp(module, cfg, None if keep else init)
         else:
             new = MoESparseMLP(cfg)
             new.moe.reset_parameters(init)
@@ -263,7 +272,9 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
         self.n_swapped = 0
         if model.moe is not None:
             encoder, decoder = stack_moe_configs(model, max_target_len, self.hf.config if model.pretrained else None)
-            self.n_swapped = swap_sparse_mlps(self.hf, encoder, decoder, model.init, bool(model.pretrained))
+            self.n_swapped = swap_sparse_mlps(
+                self.hf, encoder, decoder, model.init, bool(model.pretrained), model.router_from_checkpoint
+            )
             # a KV cache routes one new token at a time; with capacity, a token's slot depends on the
             # earlier tokens of its sequence, so generation then re-runs the whole prefix each step
             self.use_cache = decoder.capacity_factor <= 0
