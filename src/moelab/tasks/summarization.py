@@ -335,10 +335,12 @@ class SummarizationTask(Task):
 
     def samples_markdown(self, model) -> str:
         ev = self.run.evaluate
+        search = (
+            "greedy" if ev.num_beams == 1 else f"beam search ({ev.num_beams} beams, length penalty {ev.length_penalty})"
+        )
         lines = [
             f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}",
-            f"{'greedy' if ev.num_beams == 1 else f'beam search ({ev.num_beams} beams)'}, "
-            f"at most {ev.max_new_tokens} new tokens"
+            f"{search}, at most {ev.max_new_tokens} new tokens"
             + (f", no repeated {ev.no_repeat_ngram_size}-grams" if ev.no_repeat_ngram_size else "")
             + "\n",
         ]
