@@ -1,0 +1,252 @@
+"""The claims report: every claim's parts judged by the rules in verdicts.py, written as
+metrics/claims.json (diffable: one entry per claim with its effect, interval, n, verdict and the
+exact params used) and metrics/claims.md (the table), plus one figure per claim (plots.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from ..errors import DataError
+from ..io import atomic_write_text, read_json, write_json
+from ..stats import mean_interval
+from . import verdicts
+from .spec import METRICS, ClaimsParams, ClaimSpec, PartSpec
+
+SIGNIFICANT = 6  # digits kept in claims.json: stable across platforms, still exact enough to diff
+
+
+def judge_part(part: PartSpec, runs: dict, spec: ClaimsParams) -> dict:
+    """One part's verdict from the claim's runs file (cells -> seeds -> metrics)."""
+    cells = runs["cells"]
+    absent = [c for c in part.cell_names() if "seeds" not in cells[c]]
+    record = {k: v for k, v in dataclasses.asdict(part).items() if v not in ("", [], None)}
+    if absent:
+        why = "; ".join(f"{c}: {cells[c].get('not_run', 'no runs')}" for c in absent)
+        return {**record, "verdict": verdicts.NOT_RUN, "why": why}
+    values = {c: seed_values(runs, c, part.metric) for c in part.cell_names()}
+    a, b = values.get(part.a), values.get(part.b)
+    if part.kind == "difference":
+        result = verdicts.difference(a, b, part.direction, spec.level)
+    elif part.kind == "equivalence":
+        result = verdicts.equivalence(a, b, part.margin, spec.alpha, spec.level)
+    elif part.kind == "non_inferiority":
+        result = verdicts.non_inferiority(a, b, part.margin, part.direction, spec.alpha, spec.level)
+    elif part.kind == "variance_ratio":
+        result = verdicts.variance_ratio(a, b, part.direction, spec.level)
+    else:
+        x = [setting_of(cells[c], part.x) for c in part.cells]
+        result = verdicts.trend(x, [values[c] for c in part.cells], part.direction, spec.level)
+        record["x_values"] = x
+        record["steps"] = doubling_steps(part, values, x, spec.level)
+    return {**record, **dataclasses.asdict(result), "values": values}
+
+
+def seed_values(runs: dict, cell: str, metric: str) -> list[float]:
+    """The metric of every seed of `cell`, in the claim's seed order (the pairing)."""
+    seeds = runs["cells"][cell]["seeds"]
+    out = []
+    for seed in runs["seeds"]:
+        value = seeds[str(seed)].get(metric)
+        if value is None:
+            raise DataError(f"claim {runs['claim']}: cell {cell} has no {metric} (a dense model has no routing)")
+        out.append(float(value))
+    return out
+
+
+def setting_of(cell: dict, key: str) -> float:
+    """A resolved MoE setting of a cell (a field like n_experts, or an option)."""
+    moe = cell["resolved"]["model"]["moe"] or {}
+    value = moe.get(key, moe.get("options", {}).get(key))
+    if value is None:
+        raise DataError(f"no MoE setting {key!r} in a resolved cell")
+    return float(value)
+
+
+def doubling_steps(part: PartSpec, values: dict, x: list[float], level: float) -> list[dict]:
+    """Adjacent cells of a trend (e.g. E -> 2E): the paired difference and where it lies."""
+    steps = []
+    for (lo_cell, lo_x), (hi_cell, hi_x) in zip(zip(part.cells, x), zip(part.cells[1:], x[1:])):
+        iv = mean_interval([h - low for h, low in zip(values[hi_cell], values[lo_cell])], level)
+        side = verdicts.side_of(iv.low, iv.high)
+        steps.append({"from": lo_x, "to": hi_x, "mean": iv.mean, "low": iv.low, "high": iv.high, "side": side})
+    return steps
+
+
+def crossover(steps: list[dict], direction: str) -> str:
+    """Where adding cells stops helping: the first step whose interval lies on the other side."""
+    other = "higher" if direction == "lower" else "lower"
+    for step in steps:
+        if step["side"] == other:
+            return f"the metric turns {other} from {step['from']:g} to {step['to']:g} (interval excludes 0)"
+    helping = [s for s in steps if s["side"] == direction]
+    if len(helping) == len(steps):
+        return f"every step goes {direction} (no crossover up to {steps[-1]['to']:g})"
+    last = max((i for i, s in enumerate(steps) if s["side"] == direction), default=None)
+    if last is None:
+        return "no step's interval excludes 0"
+    return f"steps are {direction} up to {steps[last]['to']:g}; beyond, no step's interval excludes 0"
+
+
+# ---------------------------------------------------------------- one claim
+def judge_claim(name: str, claim: ClaimSpec, runs: dict, spec: ClaimsParams) -> dict:
+    parts = {part_name: judge_part(part, runs, spec) for part_name, part in claim.parts.items()}
+    metrics = sorted({part.metric for part in claim.parts.values()}, key=list(METRICS).index)
+    cells = {}
+    for cell_name, cell in runs["cells"].items():
+        record = {k: v for k, v in cell.items() if k != "seeds"}
+        if "seeds" in cell:
+            record["means"] = {m: _mean_record(seed_values(runs, cell_name, m), spec.level) for m in metrics}
+        cells[cell_name] = record
+    notes = [
+        f"{part_name}: {crossover(parts[part_name]['steps'], part.direction)}"
+        for part_name, part in claim.parts.items()
+        if part.kind == "trend" and "steps" in parts[part_name]
+    ]
+    return {
+        "title": claim.title,
+        "source": claim.source,
+        "setting": claim.setting,
+        "verdict": verdicts.combine([p["verdict"] for p in parts.values()]),
+        "seeds": runs["seeds"],
+        "parts": parts,
+        "cells": cells,
+        "notes": notes,
+        "cost": runs["cost"],
+        "params": dataclasses.asdict(claim),
+    }
+
+
+def _mean_record(values: list[float], level: float) -> dict:
+    iv = mean_interval(values, level)
+    return {"mean": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n}
+
+
+# ---------------------------------------------------------------- the whole study
+def build_report(spec: ClaimsParams, runs_dir: Path) -> dict:
+    claims, profiles = {}, set()
+    for name, claim in spec.claims.items():
+        path = Path(runs_dir) / f"{name}.json"
+        if not path.exists():
+            raise DataError(f"{path} not found: run the claim first (`moelab claims run --claim {name}`)")
+        runs = read_json(path)
+        profiles.add(runs["profile"])
+        claims[name] = judge_claim(name, claim, runs, spec)
+    if len(profiles) > 1:
+        raise DataError(f"{runs_dir} mixes profiles {sorted(profiles)}: re-run every claim with the same profile")
+    return {
+        "profile": profiles.pop(),
+        "rules": {"level": spec.level, "alpha": spec.alpha, "quality_margin": spec.quality_margin},
+        "claims": claims,
+    }
+
+
+def write_report(spec: ClaimsParams, runs_dir: Path, json_path: Path, md_path: Path, plots_dir: Path) -> dict:
+    from .plots import write_plots
+
+    report = rounded(build_report(spec, runs_dir))
+    write_json(json_path, report)
+    atomic_write_text(md_path, markdown(report))
+    write_plots(report, Path(plots_dir))
+    return report
+
+
+def rounded(value):
+    """Floats to SIGNIFICANT digits, recursively (non-finite floats become None: JSON has no inf)."""
+    if isinstance(value, float):
+        return float(f"{value:.{SIGNIFICANT}g}") if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- markdown
+def effect_text(part: dict) -> str:
+    """`mean ± half-width` (ratio: [low, high]) with n, in the metric's unit."""
+    if part["verdict"] == verdicts.NOT_RUN:
+        return "not run"
+    n = f"n = {part['n']}"
+    if part["kind"] == "variance_ratio":
+        interval = "no interval" if part["low"] is None else f"[{part['low']:.3g}, {part['high']:.3g}]"
+        return f"ratio {part['estimate']:.3g}, {interval}, {n}"
+    unit = METRICS[part["metric"]][1]
+    if part["low"] is None:
+        text = f"{part['estimate']:+.4g} (no interval)"
+    else:
+        text = f"{part['estimate']:+.4g} ± {(part['high'] - part['low']) / 2:.2g}"
+    if part["kind"] == "trend":
+        text += f" {unit} per doubling" if unit else " per doubling"
+    elif unit:
+        text += f" {unit}"
+    if part["metric"] in ("test_loss", "val_loss") and part["kind"] != "trend":
+        text += f" (ppl x{math.exp(part['estimate']):.3f})"
+    return f"{text}, {n}"
+
+
+def markdown(report: dict) -> str:
+    rules = report["rules"]
+    lines = ["# Published claims, re-tested", ""]
+    if report["profile"] != "full":
+        lines += [f"> **{report['profile']} profile**: a smoke test of the machinery; these verdicts mean nothing.", ""]
+    lines += [
+        f"Effects are paired by seed (cell a - cell b per seed), mean ± half-width of the {rules['level']:.0%} "
+        f"Student-t interval; equivalence (TOST) and no-cost (non-inferiority) parts are decided on the "
+        f"{1 - 2 * rules['alpha']:.0%} interval against a margin of {rules['quality_margin']:g} nats "
+        f"(ppl x{math.exp(rules['quality_margin']):.3f}). Rules: claims/params.yaml, moelab/claims/verdicts.py.",
+        "",
+        "| claim | source | setting here | effect measured (mean ± 95% CI, n seeds) | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for name, claim in report["claims"].items():
+        effects = "<br>".join(
+            f"{p.get('label') or part_name}: {effect_text(p)} → {p['verdict']}"
+            for part_name, p in claim["parts"].items()
+        )
+        lines.append(
+            f"| **{name}**: {claim['title']} | {claim['source']} | {claim['setting']} | {effects} | "
+            f"**{claim['verdict']}** |"
+        )
+    lines += ["", "## Details", ""]
+    for name, claim in report["claims"].items():
+        lines += _details(name, claim)
+    lines += ["## Cost", "", "| claim | runs | wall s | run s (sum) | at a time |", "|---|---|---|---|---|"]
+    for name, claim in report["claims"].items():
+        cost = claim["cost"]
+        lines.append(f"| {name} | {cost['runs']} | {cost['wall_s']:g} | {cost['run_s']:g} | {cost['jobs']} |")
+    total = sum(c["cost"]["wall_s"] for c in report["claims"].values())
+    lines += ["", f"Total wall time of the claim stages: {total:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def _details(name: str, claim: dict) -> list[str]:
+    lines = [f"### {name}: {claim['verdict']}", "", f"{claim['title']} ({claim['source']}).", ""]
+    lines += ["| part | kind | effect | rule interval | verdict |", "|---|---|---|---|---|"]
+    for part_name, part in claim["parts"].items():
+        tested = ""
+        if part.get("test_low") is not None:
+            tested = f"{part['test_level']:.0%}: [{part['test_low']:+.4g}, {part['test_high']:+.4g}]"
+            tested += f", margin {part['margin']:g}"
+        elif part.get("why"):
+            tested = part["why"]
+        lines.append(f"| {part_name} | {part['kind']} | {effect_text(part)} | {tested} | {part['verdict']} |")
+    metrics = sorted({p["metric"] for p in claim["parts"].values()}, key=list(METRICS).index)
+    lines += ["", "| cell | " + " | ".join(METRICS[m][0] for m in metrics) + " | FFN FLOPs/token |"]
+    lines.append("|---|" + "---|" * (len(metrics) + 1))
+    for cell_name, cell in claim["cells"].items():
+        if "means" not in cell:
+            lines.append(f"| {cell_name} | " + " | ".join("not run" for _ in metrics) + " | – |")
+            continue
+        shown = [_mean_text(cell["means"][m]) for m in metrics]
+        lines.append(f"| {cell_name} | " + " | ".join(shown) + f" | {cell['ffn_flops_per_token']:.4g} |")
+    lines.append("")
+    lines += [f"- {note}" for note in claim["notes"]]
+    return [*lines, ""] if claim["notes"] else lines
+
+
+def _mean_text(record: dict) -> str:
+    if record["low"] is None:
+        return f"{record['mean']:.4g}"
+    return f"{record['mean']:.4g} ± {(record['high'] - record['low']) / 2:.2g}"
