@@ -68,7 +68,7 @@ def doubling_steps(part: PartSpec, values: dict, x: list[float], level: float) -
     """Adjacent cells of a trend (e.g. E -> 2E): the paired difference and where it lies."""
     steps = []
     for (lo_cell, lo_x), (hi_cell, hi_x) in zip(zip(part.cells, x), zip(part.cells[1:], x[1:])):
-        iv = mean_interval([h - low for h, low in zip(values[hi_cell], values[lo_cell])], level)
+        iv = mean_interval(verdicts.paired_differences(values[hi_cell], values[lo_cell]), level)
         side = verdicts.side_of(iv.low, iv.high)
         steps.append({"from": lo_x, "to": hi_x, "mean": iv.mean, "low": iv.low, "high": iv.high, "side": side})
     return steps
@@ -89,6 +89,27 @@ def crossover(steps: list[dict], direction: str) -> str:
     return f"steps are {direction} up to {steps[last]['to']:g}; beyond, no step's interval excludes 0"
 
 
+def trend_notes(part_name: str, part: PartSpec, judged: dict, cells: dict) -> list[str]:
+    """The steps between adjacent cells, where the trend stops, and (x = n_experts) tokens per expert."""
+    steps = "; ".join(
+        f"{s['from']:g} -> {s['to']:g}: {s['mean']:+.4f}"
+        + ("" if s["low"] is None else f" ± {(s['high'] - s['low']) / 2:.4f}")
+        + f" ({s['side'] or 'interval contains 0'})"
+        for s in judged["steps"]
+    )
+    notes = [
+        f"{part_name}, each step: {steps}",
+        f"{part_name}, crossover: {crossover(judged['steps'], part.direction)}",
+    ]
+    if part.x == "n_experts":
+        per_expert = [
+            f"{cells[c]['training_tokens'] * setting_of(cells[c], 'top_k') / setting_of(cells[c], 'n_experts'):,.0f}"
+            for c in part.cells
+        ]
+        notes.append(f"{part_name}, training tokens per expert ({', '.join(part.cells)}): {', '.join(per_expert)}")
+    return notes
+
+
 # ---------------------------------------------------------------- one claim
 def judge_claim(name: str, claim: ClaimSpec, runs: dict, spec: ClaimsParams) -> dict:
     parts = {part_name: judge_part(part, runs, spec) for part_name, part in claim.parts.items()}
@@ -100,9 +121,10 @@ def judge_claim(name: str, claim: ClaimSpec, runs: dict, spec: ClaimsParams) -> 
             record["means"] = {m: _mean_record(seed_values(runs, cell_name, m), spec.level) for m in metrics}
         cells[cell_name] = record
     notes = [
-        f"{part_name}: {crossover(parts[part_name]['steps'], part.direction)}"
+        note
         for part_name, part in claim.parts.items()
         if part.kind == "trend" and "steps" in parts[part_name]
+        for note in trend_notes(part_name, part, parts[part_name], runs["cells"])
     ]
     return {
         "title": claim.title,

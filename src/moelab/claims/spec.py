@@ -151,8 +151,8 @@ def _check_part(where: str, part: PartSpec, claim: ClaimSpec) -> None:
 class CellPlan:
     name: str
     settings: dict  # the merged overrides (what the claim asked for)
-    runs: dict[int, RunConfig]  # seed -> run; empty when the cell is not run
-    missing: list[str]  # components this build lacks (then `runs` is empty; also when no part can use the cell)
+    runs: dict[int, RunConfig]  # seed -> run; empty when not run (it lacks a component, or no part can use it)
+    missing: list[str]  # components this build lacks
 
 
 @dataclass
@@ -186,11 +186,7 @@ def plan_claim(spec: ClaimsParams, name: str, base_raw: dict, quick: bool = Fals
     if quick and spec.quick is None:
         raise ConfigError("--quick needs a `quick:` section in the claims params")
     seeds = list(spec.quick.seeds) if quick else list(claim.seeds)
-    profile_overrides = {"train": spec.quick.train, "evaluate": spec.quick.evaluate} if quick else {}
-    settings = {
-        cell_name: deep_merge(deep_merge(deep_merge(spec.defaults, claim.common), cell), profile_overrides)
-        for cell_name, cell in claim.cells.items()
-    }
+    settings = cell_settings(spec, claim, quick)
     missing = {cell_name: missing_components(cell) for cell_name, cell in settings.items()}
     for cell_name, lacking in missing.items():
         if lacking and not settings[cell_name].get("pending"):
@@ -198,18 +194,30 @@ def plan_claim(spec: ClaimsParams, name: str, base_raw: dict, quick: bool = Fals
                 f"params.yaml: claims.{name}.cells.{cell_name} needs {', '.join(lacking)}, which this build "
                 "does not have; fix the name, or mark the cell `pending: <what it waits for>` to report it as not run"
             )
-    # a cell runs when some part using it can run (all of that part's cells are in this build)
-    needed = {
-        c for part in claim.parts.values() if not any(missing[c] for c in part.cell_names()) for c in part.cell_names()
+    # a cell runs when some part using it can run (every cell of that part is in this build)
+    runnable = [part.cell_names() for part in claim.parts.values() if not any(missing[c] for c in part.cell_names())]
+    needed = {cell for cells in runnable for cell in cells}
+    cells = {
+        cell_name: CellPlan(
+            cell_name,
+            cell,
+            resolve_cell(base_raw, spec.models, cell, seeds, f"claims.{name}.cells.{cell_name}")
+            if cell_name in needed
+            else {},
+            missing[cell_name],
+        )
+        for cell_name, cell in settings.items()
     }
-    cells = {}
-    for cell_name, cell in settings.items():
-        where = f"claims.{name}.cells.{cell_name}"
-        runs = resolve_cell(base_raw, spec.models, cell, seeds, where) if cell_name in needed else {}
-        cells[cell_name] = CellPlan(cell_name, cell, runs, missing[cell_name])
     plan = ClaimPlan(name, claim, seeds, "quick" if quick else "full", cells)
     check_fairness(plan)
     return plan
+
+
+def cell_settings(spec: ClaimsParams, claim: ClaimSpec, quick: bool) -> dict[str, dict]:
+    """Each cell's overrides: defaults < the claim's common < the cell < the quick profile (with quick)."""
+    profile = {"train": spec.quick.train, "evaluate": spec.quick.evaluate} if quick else {}
+    shared = deep_merge(spec.defaults, claim.common)
+    return {name: deep_merge(deep_merge(shared, cell), profile) for name, cell in claim.cells.items()}
 
 
 def missing_components(settings: dict) -> list[str]:

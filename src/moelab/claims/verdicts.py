@@ -68,7 +68,7 @@ def _directional(side: str | None, claimed: str) -> str:
 
 def difference(a: list[float], b: list[float], direction: str, level: float = 0.95) -> PartResult:
     """Claimed: mean(a - b) < 0 (direction lower) or > 0 (higher)."""
-    diffs = [x - y for x, y in zip(_paired(a, b), b)]
+    diffs = paired_differences(a, b)
     return _interval_rule(diffs, direction, level, "the {level:.0%} interval of the mean paired difference")
 
 
@@ -95,7 +95,7 @@ def _interval_rule(values: list[float], direction: str, level: float, what: str)
 
 def equivalence(a: list[float], b: list[float], margin: float, alpha: float = 0.05, level: float = 0.95) -> PartResult:
     """Claimed: |mean(a - b)| < margin (TOST at alpha)."""
-    diffs = [x - y for x, y in zip(_paired(a, b), b)]
+    diffs = paired_differences(a, b)
     reported, tested = mean_interval(diffs, level), mean_interval(diffs, 1 - 2 * alpha)
     if tost_equivalent(diffs, margin, alpha):
         verdict = EQUIVALENT
@@ -115,7 +115,7 @@ def non_inferiority(
 ) -> PartResult:
     """Claimed: a is not worse than b by more than margin; direction says which way is better
     (lower: a - b < margin; higher: a - b > -margin)."""
-    diffs = [x - y for x, y in zip(_paired(a, b), b)]
+    diffs = paired_differences(a, b)
     reported, tested = mean_interval(diffs, level), mean_interval(diffs, 1 - 2 * alpha)
     bound = margin if direction == "lower" else -margin
     side = side_of(tested.low, tested.high, bound)
@@ -146,7 +146,7 @@ def _two_intervals(verdict, diffs, reported, tested, level, rule) -> PartResult:
 
 def variance_ratio(a: list[float], b: list[float], direction: str, level: float = 0.95) -> PartResult:
     """Claimed: var(a) > var(b) (direction higher) or < (lower), across paired seeds."""
-    ratio = paired_variance_ratio(_paired(a, b), b, level)
+    ratio = paired_variance_ratio(a, b, level)
     verdict = _directional(side_of(ratio.low, ratio.high, 1.0), direction)
     rule = (
         f"the {level:.0%} Pitman-Morgan interval of var(a) / var(b) entirely on the {direction} side of 1: "
@@ -169,7 +169,8 @@ def combine(verdicts: list[str]) -> str:
     return INCONCLUSIVE
 
 
-def _paired(a: list[float], b: list[float]) -> list[float]:
+def paired_differences(a: list[float], b: list[float]) -> list[float]:
+    """a_i - b_i of each seed (index i of both is the same seed)."""
     if len(a) != len(b):
         raise ValueError(f"paired samples need equal lengths, got {len(a)} and {len(b)}")
-    return a
+    return [x - y for x, y in zip(a, b)]
