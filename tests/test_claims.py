@@ -263,3 +263,20 @@ def test_claims_pipeline_runs_beside_the_default_one(tmp_path):
     assert report["profile"] == "full" and report["claims"]["moe-vs-dense"]["parts"]["beats-dense"]["n"] == 3
     assert (lab / "claims" / "plots" / "claims_moe-vs-dense.png").read_bytes()[:4] == b"\x89PNG"
     assert "Running stage" not in sh("dvc repro claims/dvc.yaml", lab)
+
+
+def test_report_pairs_seeds_and_leaves_diverged_ones_out():
+    """judge_part on a hand-made runs file: seed 3 diverged in cell a, so the pair (a, b) of seed 3 is
+    left out of the test; the other differences (-1.0, -1.1, -0.9) give the hand-computed interval."""
+    from moelab.claims.report import judge_part
+    from moelab.claims.spec import PartSpec, load_claims
+
+    a = {"0": {"test_loss": 4.0}, "1": {"test_loss": 3.9}, "2": {"test_loss": 4.2}, "3": {"diverged": "step 9: nan"}}
+    b = {"0": {"test_loss": 5.0}, "1": {"test_loss": 5.0}, "2": {"test_loss": 5.1}, "3": {"test_loss": 5.0}}
+    runs = {"claim": "c", "seeds": [0, 1, 2, 3], "cells": {"a": {"seeds": a}, "b": {"seeds": b}}}
+    part = PartSpec(kind="difference", metric="test_loss", a="a", b="b", direction="lower")
+    judged = judge_part(part, runs, load_claims(CLAIMS_PARAMS))
+    assert judged["diverged"] == {"3": ["a"]} and judged["n"] == 3
+    assert judged["values"] == {"a": [4.0, 3.9, 4.2], "b": [5.0, 5.0, 5.1]}
+    half = T975[2] * 0.1 / math.sqrt(3)
+    assert judged["low"] == pytest.approx(-1 - half, rel=1e-6) and judged["verdict"] == REPRODUCED

@@ -56,8 +56,8 @@ def effect_panel(ax, part_name: str, part: dict) -> None:
     colour = COLOURS[part["verdict"]]
     ax.set_yticks([])
     title = f"{part.get('label') or part_name} — {part['verdict']}"
-    if part["verdict"] == verdicts.NOT_RUN:
-        ax.text(0.5, 0.5, f"not run: {part.get('why', '')}", ha="center", va="center", fontsize=8, wrap=True)
+    if part.get("estimate") is None:  # not run, or no seed finished in every cell
+        ax.text(0.5, 0.5, f"{part['verdict']}: {part.get('why', '')}", ha="center", va="center", fontsize=8, wrap=True)
         ax.set_xticks([])
         ax.set_title(title, fontsize=9)
         return

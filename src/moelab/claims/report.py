@@ -25,7 +25,12 @@ def judge_part(part: PartSpec, runs: dict, spec: ClaimsParams) -> dict:
     if absent:
         why = "; ".join(f"{c}: {cells[c].get('not_run', 'no runs')}" for c in absent)
         return {**record, "verdict": verdicts.NOT_RUN, "why": why}
-    values = {c: seed_values(runs, c, part.metric) for c in part.cell_names()}
+    seeds, diverged = paired_seeds(runs, part.cell_names())
+    if diverged:
+        record["diverged"] = diverged  # seed -> cells whose training diverged: the seed is left out of every cell
+    if not seeds:
+        return {**record, "verdict": verdicts.INCONCLUSIVE, "why": "every seed diverged in some cell", "n": 0}
+    values = {c: seed_values(runs, c, part.metric, seeds) for c in part.cell_names()}
     a, b = values.get(part.a), values.get(part.b)
     if part.kind == "difference":
         result = verdicts.difference(a, b, part.direction, spec.level)
@@ -43,12 +48,20 @@ def judge_part(part: PartSpec, runs: dict, spec: ClaimsParams) -> dict:
     return {**record, **dataclasses.asdict(result), "values": values}
 
 
-def seed_values(runs: dict, cell: str, metric: str) -> list[float]:
-    """The metric of every seed of `cell`, in the claim's seed order (the pairing)."""
-    seeds = runs["cells"][cell]["seeds"]
+def paired_seeds(runs: dict, cells: list[str]) -> tuple[list[int], dict[str, list[str]]]:
+    """The claim's seeds whose run finished in every one of `cells` (the pairs a test can use), and
+    the others: seed -> the cells whose training diverged (non-finite loss)."""
+    diverged = {
+        str(seed): [c for c in cells if "diverged" in runs["cells"][c]["seeds"][str(seed)]] for seed in runs["seeds"]
+    }
+    return [s for s in runs["seeds"] if not diverged[str(s)]], {s: c for s, c in diverged.items() if c}
+
+
+def seed_values(runs: dict, cell: str, metric: str, seeds: list[int]) -> list[float]:
+    """The metric of `cell` at each of `seeds`, in that order (the pairing)."""
     out = []
-    for seed in runs["seeds"]:
-        value = seeds[str(seed)].get(metric)
+    for seed in seeds:
+        value = runs["cells"][cell]["seeds"][str(seed)].get(metric)
         if value is None:
             raise DataError(f"claim {runs['claim']}: cell {cell} has no {metric} (a dense model has no routing)")
         out.append(float(value))
@@ -118,7 +131,9 @@ def judge_claim(name: str, claim: ClaimSpec, runs: dict, spec: ClaimsParams) -> 
     for cell_name, cell in runs["cells"].items():
         record = {k: v for k, v in cell.items() if k != "seeds"}
         if "seeds" in cell:
-            record["means"] = {m: _mean_record(seed_values(runs, cell_name, m), spec.level) for m in metrics}
+            seeds, diverged = paired_seeds(runs, [cell_name])
+            record["diverged_seeds"] = sorted(int(s) for s in diverged)
+            record["means"] = {m: _mean_record(seed_values(runs, cell_name, m, seeds), spec.level) for m in metrics}
         cells[cell_name] = record
     notes = [
         note
@@ -141,6 +156,8 @@ def judge_claim(name: str, claim: ClaimSpec, runs: dict, spec: ClaimsParams) -> 
 
 
 def _mean_record(values: list[float], level: float) -> dict:
+    if not values:
+        return {"mean": None, "low": None, "high": None, "n": 0}
     iv = mean_interval(values, level)
     return {"mean": iv.mean, "low": iv.low, "high": iv.high, "n": iv.n}
 
@@ -190,7 +207,9 @@ def effect_text(part: dict) -> str:
     """`mean ± half-width` (ratio: [low, high]) with n, in the metric's unit."""
     if part["verdict"] == verdicts.NOT_RUN:
         return "not run"
-    n = f"n = {part['n']}"
+    n = f"n = {part['n']}" + (f" ({len(part['diverged'])} seed(s) diverged, left out)" if part.get("diverged") else "")
+    if part.get("estimate") is None:
+        return f"no finished pair, {n}"
     if part["kind"] == "variance_ratio":
         interval = "no interval" if part["low"] is None else f"[{part['low']:.3g}, {part['high']:.3g}]"
         return f"ratio {part['estimate']:.3g}, {interval}, {n}"
@@ -262,13 +281,16 @@ def _details(name: str, claim: dict) -> list[str]:
             lines.append(f"| {cell_name} | " + " | ".join("not run" for _ in metrics) + " | – |")
             continue
         shown = [_mean_text(cell["means"][m]) for m in metrics]
-        lines.append(f"| {cell_name} | " + " | ".join(shown) + f" | {cell['ffn_flops_per_token']:.4g} |")
+        diverged = f" (seeds {cell['diverged_seeds']} diverged)" if cell["diverged_seeds"] else ""
+        lines.append(f"| {cell_name}{diverged} | " + " | ".join(shown) + f" | {cell['ffn_flops_per_token']:.4g} |")
     lines.append("")
     lines += [f"- {note}" for note in claim["notes"]]
     return [*lines, ""] if claim["notes"] else lines
 
 
 def _mean_text(record: dict) -> str:
+    if record["mean"] is None:
+        return "diverged"
     if record["low"] is None:
         return f"{record['mean']:.4g}"
     return f"{record['mean']:.4g} ± {(record['high'] - record['low']) / 2:.2g}"

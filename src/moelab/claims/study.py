@@ -15,6 +15,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from ..config import RunConfig
+from ..errors import NonFiniteLoss
 from ..io import write_json
 from .spec import METRICS, ClaimPlan, cell_record
 
@@ -70,12 +71,16 @@ def _one_thread() -> None:
 
 
 def run_one(run: RunConfig, data_dir: Path, run_dir: Path) -> dict:
-    """Train (or resume, or reuse a finished run) and evaluate one cell x seed; its metrics."""
+    """Train (or resume, or reuse a finished run) and evaluate one cell x seed; its metrics, or
+    `diverged` (the reason) when training stopped on a non-finite loss."""
     from ..evaluate import evaluate
     from ..train.loop import train
 
     start = time.perf_counter()
-    trained = train(run, data_dir, run_dir, run_dir / "train.json", progress=False)
+    try:
+        trained = train(run, data_dir, run_dir, run_dir / "train.json", progress=False)
+    except NonFiniteLoss as err:  # an outcome of the run (e.g. an unstable initialisation), not of the study
+        return {"diverged": str(err), "train_s": time.perf_counter() - start, "evaluate_s": 0.0}
     evaluated_at = time.perf_counter()
     evaluated = evaluate(run, data_dir, run_dir, run_dir / "eval.json", progress=False)
     done = time.perf_counter()
