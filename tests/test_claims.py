@@ -231,7 +231,9 @@ def test_quick_profile_end_to_end(tmp_path, prepared):
         png = plots / f"claims_{name}.png"
         assert png.exists() == (claim["verdict"] != NOT_RUN)
     moe = report["claims"]["moe-vs-dense"]["cells"]["moe"]
-    assert moe["resolved"]["train"]["steps"] == 2 and moe["resolved"]["model"]["moe"]["top_k"] == 1
+    assert moe["settings"]["train"]["steps"] == 2 and moe["settings"]["top_k"] == 1  # what the claim asked for
+    resolved = json.loads((runs / "moe-vs-dense.json").read_text())["cells"]["moe"]["resolved"]  # what ran
+    assert resolved["train"]["steps"] == 2 and resolved["model"]["moe"]["top_k"] == 1
     table = out_md.read_text()
     assert "| claim | source | setting here | effect measured (mean ± 95% CI, n seeds) | verdict |" in table
     assert "quick profile" in table

@@ -1,6 +1,8 @@
 """The claims report: every claim's parts judged by the rules in verdicts.py, written as
-metrics/claims.json (diffable: one entry per claim with its effect, interval, n, verdict and the
-exact params used) and metrics/claims.md (the table), plus one figure per claim (plots.py)."""
+metrics/claims.json (diffable: one entry per claim with each part's effect, interval, n, verdict and
+per-seed values, the claim's params as written and each cell's merged overrides; every resolved run
+config stays in the claim's runs file, named there) and metrics/claims.md (the table), plus one
+figure per claim (plots.py)."""
 
 from __future__ import annotations
 
@@ -129,7 +131,8 @@ def judge_claim(name: str, claim: ClaimSpec, runs: dict, spec: ClaimsParams) -> 
     metrics = sorted({part.metric for part in claim.parts.values()}, key=list(METRICS).index)
     cells = {}
     for cell_name, cell in runs["cells"].items():
-        record = {k: v for k, v in cell.items() if k != "seeds"}
+        # the resolved configs (every field of each run) stay in the runs file: claims.json keeps what was asked
+        record = {k: v for k, v in cell.items() if k not in ("seeds", "resolved")}
         if "seeds" in cell:
             seeds, diverged = paired_seeds(runs, [cell_name])
             record["diverged_seeds"] = sorted(int(s) for s in diverged)
@@ -171,7 +174,7 @@ def build_report(spec: ClaimsParams, runs_dir: Path) -> dict:
             raise DataError(f"{path} not found: run the claim first (`moelab claims run --claim {name}`)")
         runs = read_json(path)
         profiles.add(runs["profile"])
-        claims[name] = judge_claim(name, claim, runs, spec)
+        claims[name] = {**judge_claim(name, claim, runs, spec), "runs_file": str(path)}
     if len(profiles) > 1:
         raise DataError(f"{runs_dir} mixes profiles {sorted(profiles)}: re-run every claim with the same profile")
     return {
