@@ -188,6 +188,9 @@ def test_unfair_claims_are_refused(claims_raw, tmp_path):
     )
     with pytest.raises(ConfigError, match="router 'atention'"):  # a typo is not a pending component
         plan("router-equivalence", typo)
+    same = changed(claims_raw, tmp_path, lambda raw: cells(raw, "aux-loss")["none"]["moe"].update(aux_loss_coef=0.01))
+    with pytest.raises(ConfigError, match="cells aux and none are the same run"):
+        plan("aux-loss", same)
     two_seeds = changed(claims_raw, tmp_path, lambda raw: raw["claims"]["aux-loss"].update(seeds=[0, 1]))
     with pytest.raises(ConfigError, match="distinct seeds"):
         plan("aux-loss", two_seeds)
@@ -208,6 +211,9 @@ def test_max_violation_is_wang_et_al_definition():
 
 
 # ------------------------------------------------------------------ end to end
+SHARED_CELL = [("moe-vs-dense", "moe"), ("aux-loss", "aux"), ("init-scale", "scale0.1")]  # one config: top-1 base
+
+
 def test_quick_profile_end_to_end(tmp_path, prepared):
     """`moelab claims run --all --quick` then `moelab claims report`: every claim judged, the table,
     claims.json with the params echoed, a figure per claim that ran."""
@@ -234,6 +240,8 @@ def test_quick_profile_end_to_end(tmp_path, prepared):
     assert moe["settings"]["train"]["steps"] == 2 and moe["settings"]["top_k"] == 1  # what the claim asked for
     resolved = json.loads((runs / "moe-vs-dense.json").read_text())["cells"]["moe"]["resolved"]  # what ran
     assert resolved["train"]["steps"] == 2 and resolved["model"]["moe"]["top_k"] == 1
+    shared = [json.loads((runs / f"{c}.json").read_text())["cells"][cell]["seeds"]["0"] for c, cell in SHARED_CELL]
+    assert len({r["run_dir"] for r in shared}) == 1 and len({r["test_loss"] for r in shared}) == 1  # trained once
     table = out_md.read_text()
     assert "| claim | source | setting here | effect measured (mean ± 95% CI, n seeds) | verdict |" in table
     assert "quick profile" in table

@@ -27,7 +27,9 @@ def add_arguments(p) -> None:
     run.add_argument("--jobs", type=int, default=0, help="runs at a time, one thread each (0: one per CPU core)")
     run.add_argument("--base-params", default=DEFAULTS["base_params"], help="the root params every cell overrides")
     run.add_argument("--data-dir", default="data/prepared/lm", help="prepared LM data (dvc repro prepare@lm)")
-    run.add_argument("--models-dir", default="claims/models", help="checkpoints: <dir>/<claim>/<cell>/s<seed>")
+    run.add_argument(
+        "--models-dir", default="claims/models", help="checkpoints, shared by claims: <dir>/<variant>-<hash>/s<seed>"
+    )
     run.add_argument("--runs-dir", default=DEFAULTS["runs_dir"], help="writes <dir>/<claim>.json")
     report = sub.add_parser("report", help="judge every claim: the table, claims.json, figures")
     report.add_argument("--runs-dir", default=DEFAULTS["runs_dir"], help="reads <dir>/<claim>.json")
@@ -62,7 +64,7 @@ def run(args) -> None:
     jobs = args.jobs or available_cores()
     for plan in plans:
         out = Path(args.runs_dir) / f"{plan.name}.json"
-        run_claim(plan, Path(args.data_dir), Path(args.models_dir) / plan.name, out, jobs)
+        run_claim(plan, Path(args.data_dir), Path(args.models_dir), out, jobs)
 
 
 def available_cores() -> int:

@@ -256,10 +256,18 @@ def markdown(report: dict) -> str:
     lines += ["", "## Details", ""]
     for name, claim in report["claims"].items():
         lines += _details(name, claim)
-    lines += ["## Cost", "", "| claim | runs | wall s | run s (sum) | at a time |", "|---|---|---|---|---|"]
+    lines += [
+        "## Cost",
+        "",
+        "Wall: this stage, runs shared with an earlier claim reused. Compute: the core-seconds its runs took to "
+        "train and evaluate, wherever they trained.",
+        "",
+        "| claim | runs | at a time | wall s | compute s |",
+        "|---|---|---|---|---|",
+    ]
     for name, claim in report["claims"].items():
         cost = claim["cost"]
-        lines.append(f"| {name} | {cost['runs']} | {cost['wall_s']:g} | {cost['run_s']:g} | {cost['jobs']} |")
+        lines.append(f"| {name} | {cost['runs']} | {cost['jobs']} | {cost['wall_s']:g} | {cost['compute_s']:g} |")
     total = sum(c["cost"]["wall_s"] for c in report["claims"].values())
     lines += ["", f"Total wall time of the claim stages: {total:.0f} s.", ""]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -289,10 +290,24 @@ def ffn_flops_per_token(run: RunConfig) -> float:
     return flops["dense_ffn"] + flops["experts"]
 
 
+def run_key(run: RunConfig) -> str:
+    """A name for what decides a run's weights (its config minus the seed and the evaluate section):
+    the variant name and a hash. Runs with the same key and seed train to the same weights."""
+    from ..checkpoint import config_fingerprint
+
+    weights = {k: v for k, v in run.to_dict().items() if k not in ("seed", "evaluate")}
+    return f"{run.name}-{hashlib.sha256(config_fingerprint(weights).encode()).hexdigest()[:12]}"
+
+
 def check_fairness(plan: ClaimPlan) -> None:
-    """Refuse a claim whose run cells see different training tokens, or, when it is FLOP-matched,
-    spend different FFN FLOPs per token."""
+    """Refuse a claim with two identical cells, or whose cells see different training tokens, or,
+    when it is FLOP-matched, spend different FFN FLOPs per token."""
     first = {name: next(iter(cell.runs.values())) for name, cell in plan.ran().items()}
+    keys: dict[str, str] = {}
+    for name, run in first.items():
+        if run_key(run) in keys:
+            raise ConfigError(f"claims.{plan.name}: cells {keys[run_key(run)]} and {name} are the same run")
+        keys[run_key(run)] = name
     tokens = {name: tokens_per_run(run) for name, run in first.items()}
     if len(set(tokens.values())) > 1:
         raise ConfigError(

@@ -3,8 +3,15 @@
 
 Runs go `jobs` at a time, each in its own process with one torch thread, so a run's numbers do not
 depend on how many ran beside it (jobs = 1 runs them one after another in this process, also with
-one thread). Each run keeps its checkpoints in <models-dir>/<cell>/s<seed>: an interrupted stage
-resumes, and a finished run of an unchanged configuration and code is not trained again.
+one thread).
+
+Checkpoints live in <models-dir>/<variant>-<config hash>/s<seed>, keyed by everything that decides the
+weights (the resolved run config minus the seed and the evaluate section). A run is a deterministic
+function of that config and the training code, so the directory is a memo shared by every claim: a
+cell that two claims share (e.g. the top-1 baseline) trains once; an interrupted stage resumes; a
+finished run of an unchanged config and code is not trained again (train.loop checks both, and
+starts afresh when they differ). It is not a DVC output: it changes how long a stage takes, never
+what it writes.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from pathlib import Path
 from ..config import RunConfig
 from ..errors import NonFiniteLoss
 from ..io import write_json
-from .spec import METRICS, ClaimPlan, cell_record
+from .spec import METRICS, ClaimPlan, cell_record, run_key
 
 
 def run_claim(plan: ClaimPlan, data_dir: Path, models_dir: Path, out: Path, jobs: int = 1, log=print) -> dict:
@@ -43,6 +50,8 @@ def run_claim(plan: ClaimPlan, data_dir: Path, models_dir: Path, out: Path, jobs
             "jobs": jobs,
             "runs": len(work),
             "run_s": round(sum(r["train_s"] + r["evaluate_s"] for r in results.values()), 1),
+            # what the runs cost when they trained, wherever that was (a shared run: in an earlier claim)
+            "compute_s": round(sum(r.get("train_wall_s", r["train_s"]) + r["evaluate_s"] for r in results.values()), 1),
         },
     }
     write_json(out, written)
@@ -51,7 +60,7 @@ def run_claim(plan: ClaimPlan, data_dir: Path, models_dir: Path, out: Path, jobs
 
 
 def _execute(work: list, data_dir: Path, models_dir: Path, jobs: int) -> dict:
-    tasks = {(cell, seed): (run, data_dir, models_dir / cell / f"s{seed}") for cell, seed, run in work}
+    tasks = {(cell, seed): (run, data_dir, models_dir / run_key(run) / f"s{seed}") for cell, seed, run in work}
     if jobs <= 1 or len(tasks) <= 1:
         _one_thread()
         return {key: run_one(*args) for key, args in tasks.items()}
@@ -88,6 +97,7 @@ def run_one(run: RunConfig, data_dir: Path, run_dir: Path) -> dict:
     values["max_violation_global"] = max_violation_global(evaluated.get("layers", []))
     return {
         **values,
+        "run_dir": str(run_dir),
         "flops_per_token": evaluated["flops_per_token"],
         "train_wall_s": trained["wall_s"],  # of the training itself (a reused run: when it trained)
         "train_s": evaluated_at - start,  # this process's time: training, or loading a finished run
