@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from . import verdicts  # noqa: E402
 from .spec import METRICS  # noqa: E402
@@ -76,6 +77,8 @@ def effect_panel(ax, part_name: str, part: dict) -> None:
     ax.set_ylim(-0.6, 0.6)
     if ratio:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))  # 0.4, not 4 x 10^-1
+        ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
         ax.set_xlabel(f"variance ratio (a / b), {part['level']:.0%} interval", fontsize=8)
     else:
         unit = METRICS[part["metric"]][1]

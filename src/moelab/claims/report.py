@@ -24,8 +24,9 @@ def judge_part(part: PartSpec, runs: dict, spec: ClaimsParams) -> dict:
     cells = runs["cells"]
     absent = [c for c in part.cell_names() if "seeds" not in cells[c]]
     record = {k: v for k, v in dataclasses.asdict(part).items() if v not in ("", [], None)}
-    if absent:
-        why = "; ".join(f"{c}: {cells[c].get('not_run', 'no runs')}" for c in absent)
+    if absent:  # name the cells that lack a component (the others wait for them)
+        lacking = [c for c in absent if cells[c].get("missing")] or absent
+        why = "; ".join(f"{c}: {cells[c].get('not_run', 'no runs')}" for c in lacking)
         return {**record, "verdict": verdicts.NOT_RUN, "why": why}
     seeds, diverged = paired_seeds(runs, part.cell_names())
     if diverged:
@@ -277,12 +278,12 @@ def _details(name: str, claim: dict) -> list[str]:
     lines = [f"### {name}: {claim['verdict']}", "", f"{claim['title']} ({claim['source']}).", ""]
     lines += ["| part | kind | effect | rule interval | verdict |", "|---|---|---|---|---|"]
     for part_name, part in claim["parts"].items():
-        tested = ""
+        tested = part.get("why", "")
         if part.get("test_low") is not None:
             tested = f"{part['test_level']:.0%}: [{part['test_low']:+.4g}, {part['test_high']:+.4g}]"
             tested += f", margin {part['margin']:g}"
-        elif part.get("why"):
-            tested = part["why"]
+        elif part.get("low") is not None:
+            tested = f"{part['level']:.0%}: [{part['low']:+.4g}, {part['high']:+.4g}]"
         lines.append(f"| {part_name} | {part['kind']} | {effect_text(part)} | {tested} | {part['verdict']} |")
     metrics = sorted({p["metric"] for p in claim["parts"].values()}, key=list(METRICS).index)
     lines += ["", "| cell | " + " | ".join(METRICS[m][0] for m in metrics) + " | FFN FLOPs/token |"]

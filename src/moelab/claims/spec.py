@@ -326,6 +326,7 @@ def cell_record(cell: CellPlan) -> dict:
     """What claims.json echoes for a cell: the overrides asked for, and the resolved run (seed 0's, minus the seed)."""
     record: dict = {"settings": cell.settings}
     if cell.missing:
+        record["missing"] = cell.missing
         record["not_run"] = f"needs {', '.join(cell.missing)}, not in this build (pending: {cell.settings['pending']})"
         return record
     if not cell.runs:
