@@ -22,6 +22,7 @@ COMMANDS = {  # name: (module, help)
     "bench": ("moelab.bench.cli", "benchmark every study variant and the MoE layer; print the tables"),
     "machine": ("moelab.machine", "write the machine fingerprint the benchmark's timings depend on"),
     "report": ("moelab.report.cli", "aggregate the study into metrics/summary.{json,md} and plots/"),
+    "claims": ("moelab.claims.cli", "re-test published gating claims: run a claim's cells x seeds, or report verdicts"),
     "check": ("moelab.config.check", "validate params.yaml (and list the registered components)"),
 }
 
