@@ -85,6 +85,8 @@ def make_lab(
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git init -q && dvc init -q", repo)
     shutil.copy(source / ".dvc" / "config", repo / ".dvc" / "config")
+    if (source / ".dvcignore").exists():  # again: `dvc init` writes an empty one
+        shutil.copy(source / ".dvcignore", repo / ".dvcignore")
     sh("git add -A && git commit -qm init", repo)
     return repo
 

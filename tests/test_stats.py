@@ -1,10 +1,18 @@
 """moelab.stats against hand computations and scipy's own t distribution."""
 
 import math
+import statistics
 
 import pytest
 
-from moelab.stats import mean_interval, paired_difference, t_quantile, tost_equivalent
+from moelab.stats import (
+    least_squares_slope,
+    mean_interval,
+    paired_difference,
+    paired_variance_ratio,
+    t_quantile,
+    tost_equivalent,
+)
 
 
 def test_t_quantile_matches_tables_and_large_df():
@@ -34,3 +42,38 @@ def test_tost_equivalence_by_hand():
     assert tost_equivalent(diffs, margin=0.1)
     assert not tost_equivalent(diffs, margin=0.07)
     assert not tost_equivalent([0.5], margin=1.0)  # one pair: no interval, no claim
+
+
+def test_paired_variance_ratio_endpoints_are_where_the_correlation_test_rejects():
+    """Independent reference: at each end of the Pitman-Morgan interval, scipy's Pearson test of
+    corr(a + sqrt(L) b, a - sqrt(L) b) = 0 has p-value exactly 1 - level."""
+    from scipy.stats import pearsonr
+
+    a = [5.1, 4.2, 6.3, 5.9, 3.8, 6.6, 4.9]
+    b = [5.0, 4.6, 5.4, 5.3, 4.5, 5.6, 4.8]
+    ratio = paired_variance_ratio(a, b)
+    assert ratio.ratio == pytest.approx(statistics.variance(a) / statistics.variance(b))
+    assert ratio.low < ratio.ratio < ratio.high
+    for bound in (ratio.low, ratio.high):
+        scaled = [math.sqrt(bound) * y for y in b]
+        p = pearsonr([x + y for x, y in zip(a, scaled)], [x - y for x, y in zip(a, scaled)]).pvalue
+        assert p == pytest.approx(0.05, abs=1e-9)
+    assert paired_variance_ratio(a[:2], b[:2]).low is None  # n - 2 = 0 degrees of freedom
+    assert paired_variance_ratio([1.0, 1.0, 1.0], [1.0, 2.0, 4.0]).low is None  # a variance of 0
+
+
+def test_paired_variance_ratio_by_hand():
+    # uncorrelated pairs (r = 0): K = 1 + 2 t^2 / (n - 2) with t = t_{0.975, 2} = 4.302653
+    a, b = [1.0, -1.0, 1.0, -1.0], [1.0, 1.0, -1.0, -1.0]
+    k = 1 + 2 * 4.302653**2 / 2
+    ratio = paired_variance_ratio(a, b)
+    assert ratio.ratio == 1.0
+    assert ratio.low == pytest.approx(k - math.sqrt(k * k - 1), rel=1e-6)
+    assert ratio.high == pytest.approx(k + math.sqrt(k * k - 1), rel=1e-6)
+
+
+def test_least_squares_slope_by_hand():
+    assert least_squares_slope([0, 1, 2, 3], [1.0, 3.0, 5.0, 7.0]) == pytest.approx(2.0)
+    assert least_squares_slope([0, 1, 2], [0.0, 2.0, 1.0]) == pytest.approx(0.5)  # sxy 1 / sxx 2
+    with pytest.raises(ValueError):
+        least_squares_slope([1, 1], [0.0, 1.0])

@@ -130,7 +130,7 @@ def small_params(data: dict, pretrained: str | None = None) -> dict:
     s["train"].update(SMALL_RUN)
     s["evaluate"].update(SMALL_EVAL)
     if pretrained:
-        s["models"]["e8"].update(n_experts=4, pretrained=pretrained)  # matches the checkpoint
+        s["models"]["e8"].update(n_experts=4, d_ff=64, pretrained=pretrained)  # matches the checkpoint
         s["models"]["e16"].update(pretrained=pretrained)  # 16 != 4: must be refused
     return data
 
@@ -232,6 +232,28 @@ def test_pretrained_checkpoint_trains_and_evaluates_through_the_cli(checkpoint, 
     assert len(json.loads((tmp_path / "metrics" / "eval.routing.json").read_text())["layers"]) == 4
 
 
+def test_fresh_router_on_a_checkpoint_keeps_its_experts_and_gets_moelab_init(checkpoint, summ_data, tmp_path):
+    """router_from_checkpoint: false (SparTMoE discards the checkpoint's router): the experts are still the
+    checkpoint's, the router is Switch-initialised (truncated normal, |w| <= 2 sqrt(router_scale / d))."""
+    from transformers import SwitchTransformersForConditionalGeneration
+
+    ckpt, params = checkpoint
+    raw = yaml.safe_load(params.read_text())
+    raw["summarization"]["models"]["e8"]["router_from_checkpoint"] = False
+    fresh_params = tmp_path / "params.yaml"
+    fresh_params.write_text(yaml.safe_dump(raw))
+    run = resolve_run(load_params(fresh_params), task="summarization", router="linear", gate="softmax-top1", model="e8")
+    model = SummarizationTask(run, summ_data).build_model()
+    reference = SwitchTransformersForConditionalGeneration.from_pretrained(ckpt)
+    bound = 2 * (run.model.init.router_scale / 32) ** 0.5  # d_model of the checkpoint: 32
+    for name, sparse in hf_sparse_mlps(reference).items():
+        moe = model.hf.get_submodule(name).moe
+        assert torch.equal(moe.experts.w_in[0], sparse.experts["expert_0"].wi.weight.T)
+        router = moe.router.proj.weight
+        assert not torch.allclose(router, sparse.router.classifier.weight)
+        assert router.abs().max().item() <= bound and router.std().item() > bound / 8
+
+
 def test_preset_with_other_n_experts_than_the_checkpoint_is_one_config_error(checkpoint, summ_data, tmp_path, capsys):
     _, params = checkpoint
     run = resolve_run(load_params(params), task="summarization", gate="softmax-top1", model="e16")
@@ -241,6 +263,83 @@ def test_preset_with_other_n_experts_than_the_checkpoint_is_one_config_error(che
     assert main(["train", *cli_cell(params, summ_data, tmp_path, model="e16")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "n_experts: 4" in err, err
+
+
+def dense_checkpoint_run(params: Path, top_k: int = 2):
+    data = load_params(params)
+    return resolve_run(
+        dataclasses.replace(data, dense=dataclasses.replace(data.dense, top_k=top_k)), task="summarization", dense=True
+    )
+
+
+def test_dense_baseline_of_a_checkpoint_is_its_first_k_experts_averaged_without_a_router(checkpoint, summ_data):
+    """--dense on a checkpoint: every sparse MLP becomes one FFN of width k * d_ff whose output is the mean of
+    the checkpoint's experts 0..k-1 (HF's own expert modules are the reference); no router, no MoE layer."""
+    from transformers import SwitchTransformersForConditionalGeneration
+    from transformers.models.switch_transformers.modeling_switch_transformers import SwitchTransformersTop1Router
+
+    from moelab.models.switch import DenseFromExperts
+
+    ckpt, params = checkpoint
+    model = SummarizationTask(dense_checkpoint_run(params), summ_data).build_model().eval()
+    reference = SwitchTransformersForConditionalGeneration.from_pretrained(ckpt).eval()
+    assert not model.moe_layers() and not hf_sparse_mlps(model.hf)
+    assert not any(isinstance(m, SwitchTransformersTop1Router) for m in model.modules())
+    assert not [n for n, _ in model.named_parameters() if "router" in n]
+    dense = {name: m for name, m in model.hf.named_modules() if isinstance(m, DenseFromExperts)}
+    assert set(dense) == set(hf_sparse_mlps(reference)) and len(dense) == 4
+    torch.manual_seed(4)
+    x = torch.randn(2, 5, 32)  # [B, T, d]
+    with torch.no_grad():
+        for name, sparse in hf_sparse_mlps(reference).items():
+            assert dense[name].ffn.w_in.out_features == 2 * 64  # k * d_ff
+            expected = (sparse.experts["expert_0"](x) + sparse.experts["expert_1"](x)) / 2
+            diff = (dense[name](x) - expected).abs().max().item()
+            assert diff < 1e-6, f"{name}: max |dense - mean of experts 0, 1| = {diff:.3g}"
+
+
+def counted_flops_per_token(model, vocab_size: int, b: int = 2, s: int = 12, t: int = 7) -> float:
+    """torch's FlopCounterMode over one forward of random [b, s] sources and [b, t] targets, per token."""
+    torch.manual_seed(5)
+    ids, labels = torch.randint(2, vocab_size, (b, s)), torch.randint(2, vocab_size, (b, t))
+    # the math backend runs attention as plain (b)mm's, which the flop counter sees on CPU
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(ids, torch.ones_like(ids), labels)
+    return counter.get_total_flops() / (b * (s + t))
+
+
+def test_dense_baseline_of_a_checkpoint_costs_the_active_flops_of_top_k(checkpoint, summ_data):
+    """Both counts (the dense baseline and a top-2 MoE of the same checkpoint) = torch's flop counter; the
+    dense FFN FLOPs = the MoE's expert FLOPs, so dense total = MoE total - router."""
+    _, params = checkpoint
+    dense_task = SummarizationTask(dense_checkpoint_run(params), summ_data)
+    moe_run = resolve_run(load_params(params), task="summarization", router="linear", gate="softmax-top2", model="e8")
+    moe_task = SummarizationTask(moe_run, summ_data)
+    dense, moe = dense_task.flops_per_token(context=12, n_target=7), moe_task.flops_per_token(context=12, n_target=7)
+    dense_model, moe_model = dense_task.build_model().eval(), loop_experts(moe_task.build_model().eval())
+    assert counted_flops_per_token(dense_model, dense_task.vocab_size) == pytest.approx(dense["total"], rel=1e-9)
+    assert counted_flops_per_token(moe_model, moe_task.vocab_size) == pytest.approx(moe["total"], rel=1e-9)
+    assert dense["experts"] == dense["router"] == 0 and moe["router"] > 0
+    assert dense["dense_ffn"] == pytest.approx(moe["dense_ffn"] + moe["experts"], rel=1e-12)
+    assert dense["total"] == pytest.approx(moe["total"] - moe["router"], rel=1e-12)
+
+
+def test_dense_baseline_of_a_checkpoint_trains_and_evaluates_through_the_cli(checkpoint, summ_data, tmp_path):
+    _, params = checkpoint
+    cell = [*cli_cell(params, summ_data, tmp_path), "--dense"]
+    assert main(["train", *cell]) == 0
+    assert main(["evaluate", *cell]) == 0
+    metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    for key in ("test_rouge1", "test_rougeL", "val_rougeL"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert json.loads((tmp_path / "metrics" / "eval.routing.json").read_text())["layers"] == []
+
+
+def test_dense_width_that_is_not_whole_experts_of_the_checkpoint_is_one_config_error(checkpoint, summ_data):
+    _, params = checkpoint
+    run = dense_checkpoint_run(params, top_k=5)  # 5 experts of 64: more than the checkpoint's 4
+    with pytest.raises(ConfigError, match="k x its expert d_ff \\(64\\), 1 <= k <= 4"):
+        SummarizationTask(run, summ_data).build_model()
 
 
 # ------------------------------------------------------------------ scratch models

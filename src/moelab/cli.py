@@ -24,6 +24,7 @@ COMMANDS = {  # name: (module, help)
     "machine": ("moelab.machine", "write the machine fingerprint the benchmark's timings depend on"),
     "code": ("moelab.stages", "write the hash of the code each pipeline stage runs (what dvc.yaml depends on)"),
     "report": ("moelab.report.cli", "aggregate the study into metrics/summary.{json,md} and plots/"),
+    "claims": ("moelab.claims.cli", "re-test published gating claims: run a claim's cells x seeds, or report verdicts"),
     "check": ("moelab.config.check", "validate params.yaml (and list the registered components)"),
 }
 
@@ -75,6 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # not found, permission, disk full: the path and what to check
         print(f"moelab {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside training's own step-boundary handler (or a second Ctrl-C)
+        print(
+            f"moelab {args.command}: interrupted; moelab writes each file atomically, so none is "
+            "half-written: re-run the same command to finish",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

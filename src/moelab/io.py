@@ -37,9 +37,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def default_mode(directory: bool = False) -> int:
     """The mode a new file (0666) or directory (0777) gets under the process umask."""
-    umask = os.umask(0)
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def current_umask() -> int:
+    """The process umask: read from /proc where it is there (Linux), since the portable way (set it
+    and set it back) leaves a moment in which another thread would create files with umask 0."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o077)  # the strictest value for that moment
     os.umask(umask)
-    return (0o777 if directory else 0o666) & ~umask
+    return umask
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -103,8 +115,8 @@ def write_metrics(path: str | Path, metrics: dict, config: dict | None = None, e
     write_json(path, metrics)
 
 
-def read_json(path: str | Path) -> dict:
-    """A JSON object; a truncated or non-JSON file is a DataError naming it."""
+def read_json(path: str | Path, redo: str = "re-run the stage that writes it") -> dict:
+    """A JSON object; a truncated or non-JSON file is a DataError naming it and saying `redo`."""
     from .errors import DataError
 
     path = Path(path)
@@ -113,7 +125,7 @@ def read_json(path: str | Path) -> dict:
     except FileNotFoundError:
         raise
     except (ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"{path} is not valid JSON ({err}): re-run the stage that writes it") from None
+        raise DataError(f"{path} is not valid JSON ({err}): {redo}") from None
     if not isinstance(value, dict):
-        raise DataError(f"{path} holds a JSON {type(value).__name__}, not an object: re-run the stage that writes it")
+        raise DataError(f"{path} holds a JSON {type(value).__name__}, not an object: {redo}")
     return value

@@ -1,5 +1,9 @@
 """`moelab check`: validate params.yaml (every cell of the study is resolved); --list shows every
-registered component and MoE option, read from the registries."""
+registered component and MoE option, read from the registries.
+
+--out writes a marker file once params.yaml is valid. Its content never changes: the pipeline's first
+stage writes it and every other stage depends on it, so DVC runs the check before it removes any
+stage's outputs or pastes a params value into a shell command, and no stage re-runs because of it."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ def add_arguments(p) -> None:
         help="list tasks, routers, normalisers, selection rules, "
         "balancing rules, capacity policies, expert types, MoE options",
     )
+    p.add_argument("--out", help="write this marker file (always the same content) once params.yaml is valid")
 
 
 def run(args) -> None:
@@ -21,6 +26,10 @@ def run(args) -> None:
     print(
         f"params OK: study {params.tasks} x {params.routers} x {params.gates} x {params.models} x seeds {params.seeds}"
     )
+    if args.out:
+        from ..io import write_json
+
+        write_json(args.out, {"params.yaml": "valid"})
     if args.list:
         print(registry_listing())
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
 from .load import load_params
 from .resolve import RunConfig, resolve_run
-from .schema import Params
+from .schema import SEED_RANGE, Params
 
 
 def add_cell_arguments(p: argparse.ArgumentParser, seeds: bool = True) -> None:
@@ -29,6 +30,7 @@ def add_cell_arguments(p: argparse.ArgumentParser, seeds: bool = True) -> None:
 def runs_from_args(args) -> tuple[Params, list[RunConfig]]:
     """The run(s) the flags name: one, or one per seed with --all-seeds. Validates params first."""
     params = load_params(args.params)
+    check_seed_flag(args.seed)
     seeds = params.seeds if getattr(args, "all_seeds", False) else [args.seed]
     return params, [
         resolve_run(
@@ -36,3 +38,10 @@ def runs_from_args(args) -> tuple[Params, list[RunConfig]]:
         )
         for seed in seeds
     ]
+
+
+def check_seed_flag(seed: int | None) -> None:
+    """--seed has the range of params.yaml `seed` (the generators take 32-bit seeds)."""
+    problem = SEED_RANGE.metadata["allowed"].problem(seed) if seed is not None else None
+    if problem:
+        raise ConfigError(f"--seed {seed} is not allowed; allowed: {problem}")

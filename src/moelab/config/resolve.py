@@ -32,6 +32,7 @@ class ModelConfig:
     activation: str = "gelu"
     pretrained: str | None = None
     init: InitConfig = dataclasses.field(default_factory=InitConfig)
+    router_from_checkpoint: bool = True  # pretrained: copy the checkpoint's linear router (False: moelab's init)
 
     def moe_block_indices(self) -> list[int]:
         if self.moe is None or self.moe_every <= 0:
@@ -152,6 +153,7 @@ def _model_config(preset: ModelPreset, moe: MoEConfig | None, dense_d_ff: int, i
         preset.activation,
         preset.pretrained,
         init,
+        preset.router_from_checkpoint,
     )
 
 

@@ -76,6 +76,7 @@ class ModelPreset:
     dropout: float = allowed(0, 1, hi_open=True, default=0.0)
     activation: str = "gelu"
     pretrained: str | None = None  # HF name or local dir (summarization); None: from scratch
+    router_from_checkpoint: bool = True  # pretrained, linear router: start from the checkpoint's router (false: fresh)
 
 
 @dataclass(frozen=True)

@@ -236,6 +236,7 @@ def _load_local(path: Path) -> _Loaded:
         for file in split_files:
             if _is_blank(file):
                 raise DataError(f"data file {file} is empty; point data.source at a file with records")
+            _check_json_lines(file)
     builders = {_builder_for(f) for split_files in files.values() for f in split_files}
     if len(builders) > 1:
         raise DataError(
@@ -250,6 +251,43 @@ def _is_blank(file: Path) -> bool:
     size = file.stat().st_size
     small_plain = size < 4096 and not file.name.lower().endswith(_COMPRESSION_SUFFIXES)
     return size == 0 or (small_plain and not file.read_bytes().strip())
+
+
+def _check_json_lines(file: Path) -> None:
+    """A .jsonl file holds one JSON object per non-blank line: a bad line is named by its number
+    (`datasets` would only say that the file failed to parse). Zstandard files are left to `datasets`."""
+    import bz2
+    import gzip
+
+    name = file.name.lower()
+    compression = next((s for s in _COMPRESSION_SUFFIXES if name.endswith(s)), "")
+    if not name.removesuffix(compression).endswith(".jsonl") or compression == ".zst":
+        return
+    open_ = {"": open, ".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}[compression]
+    broken = (OSError, EOFError, lzma.LZMAError) if compression else ()
+    try:
+        with open_(file, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                _check_json_line(file, number, raw)
+    except broken as err:
+        raise DataError(
+            f"data file {file} is truncated or not {compression[1:]}-compressed ({err}): "
+            "re-create or re-download it, or point data.source at another file"
+        ) from None
+
+
+def _check_json_line(file: Path, number: int, raw: bytes) -> None:
+    fix = "fix or remove that line, or point data.source at another file"
+    if not raw.strip():
+        return
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"data file {file} line {number} is not valid UTF-8 (byte {err.start}): {fix}") from None
+    except ValueError as err:
+        raise DataError(f"data file {file} line {number} is not valid JSON ({err}): {fix}") from None
+    if not isinstance(record, dict):
+        raise DataError(f"data file {file} line {number} is not a JSON object: {fix}")
 
 
 def _directory_files(directory: Path) -> dict[str, list[Path]]:
@@ -276,7 +314,9 @@ def _read_with_datasets(builder: str, files: dict[str, list[Path]], origin: str)
     try:
         loaded = datasets.load_dataset(builder, data_files=data_files, **options)
     except Exception as exc:
-        raise DataError(f"could not read {origin} as {builder}: {_first_line(exc)}; check the file format") from exc
+        raise DataError(
+            f"could not read {origin} as {builder}: {_first_line(_root_cause(exc))}; check the file format"
+        ) from exc
     return dict(loaded)
 
 
@@ -285,7 +325,7 @@ def _quiet_datasets():
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors are raised too: they become ours
     return datasets
 
 
@@ -325,6 +365,14 @@ def _is_offline_error(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain: `datasets` wraps a parse error (which says the line and
+    what is wrong) in a DatasetGenerationError that says neither."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    return exc
 
 
 def _first_line(exc: BaseException) -> str:

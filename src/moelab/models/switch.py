@@ -65,46 +65,53 @@ def stack_moe_configs(model: ModelConfig, max_target_len: int, hf_config=None) -
 
 
 def moe_config_for(hf_config, moe: MoEConfig) -> MoEConfig:
-    """The run's MoEConfig with the checkpoint's sizes and activation; E must match the checkpoint."""
+    """The run's MoEConfig with the checkpoint's sizes and activation; E, the expert type and shape must
+    match the checkpoint (its experts are copied in)."""
     if moe.n_experts != hf_config.num_experts:
         raise ConfigError(
             f"model preset n_experts = {moe.n_experts} but the Switch checkpoint has "
             f"{hf_config.num_experts} experts per MoE layer: set n_experts: {hf_config.num_experts}"
         )
-    act = HF_ACTIVATIONS.get(hf_config.dense_act_fn)
-    if act is None:
+    if (moe.expert, moe.expert_granularity, moe.n_shared) != ("mlp", 1, 0):
         raise ConfigError(
-            f"Switch dense_act_fn {hf_config.dense_act_fn!r} is not supported; allowed: {', '.join(HF_ACTIVATIONS)}"
+            f"a Switch checkpoint holds {hf_config.num_experts} mlp experts of width d_ff and no shared one; "
+            f"moe.expert = {moe.expert!r}, expert_granularity = {moe.expert_granularity}, n_shared = "
+            f"{moe.n_shared} would not be the checkpoint's: set expert: mlp, expert_granularity: 1, n_shared: 0"
         )
-    return moe.replace(d_model=hf_config.d_model, d_ff=hf_config.d_ff, activation=act)
+    return moe.replace(d_model=hf_config.d_model, d_ff=hf_config.d_ff, activation=hf_activation(hf_config))
 
 
 @torch.no_grad()
-def wrap_sparse_mlp(sparse, cfg: MoEConfig, init: InitConfig | None = None) -> MoESparseMLP:
-    """A MoESparseMLP holding the expert (and linear-router) weights of an HF SparseMLP; a router
-    the checkpoint has no weights for is initialised with `init`."""
+def wrap_sparse_mlp(sparse, cfg: MoEConfig, router_init: InitConfig | None = None) -> MoESparseMLP:
+    """A MoESparseMLP holding the expert weights of an HF SparseMLP and, with router_init None, its
+    (linear) router weights; with router_init given, a fresh router initialised with it."""
     wrapper = MoESparseMLP(cfg)
     layer = wrapper.moe
-    if init is not None:
-        layer.router.reset_parameters(init)
     for e in range(cfg.n_experts):
         hf_expert = sparse.experts[f"expert_{e}"]
         layer.experts.w_in[e].copy_(hf_expert.wi.weight.T)  # wi.weight: [f, d] -> w_in[e]: [d, f]
         layer.experts.w_out[e].copy_(hf_expert.wo.weight.T)  # wo.weight: [d, f] -> w_out[e]: [f, d]
     classifier = sparse.router.classifier
-    if cfg.router == "linear":
-        if classifier.bias is not None:
-            raise ConfigError(
-                "the Switch checkpoint's router has a bias (router_bias: true); moelab's linear router has none"
-            )
+    if router_init is not None:
+        layer.router.reset_parameters(router_init)
+    elif cfg.router != "linear":
+        raise ConfigError(f"the Switch checkpoint has no weights for a {cfg.router!r} router: it needs an init")
+    elif classifier.bias is not None:
+        raise ConfigError(
+            "the Switch checkpoint's router has a bias (router_bias: true); moelab's linear router has none"
+        )
+    else:
         layer.router.proj.weight.copy_(classifier.weight)  # [E, d]
     return wrapper.to(classifier.weight.dtype)
 
 
 class DenseFromExperts(nn.Module):
     """The dense baseline of a pretrained Switch checkpoint: each sparse MLP becomes one dense FFN of
-    width k * d_ff (the active FLOPs of top-k), built from the checkpoint's first k experts side by
-    side with the output scaled by 1/k, so it starts as the average of k pretrained experts. No router."""
+    width k * d_ff (the FFN FLOPs of top-k routing), made of the checkpoint's first k experts side by
+    side with the output scaled by 1/k: act(x [W_1 .. W_k]) [V_1 .. V_k]^T / k = mean_j expert_j(x).
+    No router. It starts as the uniform average of k pretrained experts applied to every token, a
+    function the checkpoint never computed (each expert was trained on the tokens routed to it), so it
+    is a "same weights, no routing" ablation, not a dense model pretrained as such (README)."""
 
     def __init__(self, sparse, k: int, activation: str):
         super().__init__()
@@ -122,6 +129,29 @@ class DenseFromExperts(nn.Module):
         return self.ffn(hidden_states)
 
 
+def experts_in_dense(model: ModelConfig, hf_config) -> int:
+    """k of the dense baseline of a checkpoint: its FFN width model.dense_d_ff (dense.top_k x the
+    preset's d_ff) must be k whole experts of the checkpoint, 1 <= k <= num_experts."""
+    k, rest = divmod(model.dense_d_ff, hf_config.d_ff)
+    if rest or not 1 <= k <= hf_config.num_experts:
+        raise ConfigError(
+            f"the dense baseline of the Switch checkpoint needs an FFN width of k x its expert d_ff "
+            f"({hf_config.d_ff}), 1 <= k <= {hf_config.num_experts}; dense.top_k x the preset's d_ff is "
+            f"{model.dense_d_ff}: set the preset's d_ff: {hf_config.d_ff}"
+        )
+    return k
+
+
+def hf_activation(hf_config) -> str:
+    """The moelab name of the checkpoint's FFN activation (`dense_act_fn`)."""
+    act = HF_ACTIVATIONS.get(hf_config.dense_act_fn)
+    if act is None:
+        raise ConfigError(
+            f"Switch dense_act_fn {hf_config.dense_act_fn!r} is not supported; allowed: {', '.join(HF_ACTIVATIONS)}"
+        )
+    return act
+
+
 def _sparse_mlps(hf_model: nn.Module) -> list[tuple[str, nn.Module]]:
     from transformers.models.switch_transformers.modeling_switch_transformers import SwitchTransformersSparseMLP
 
@@ -134,16 +164,23 @@ def _replace(hf_model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def swap_sparse_mlps(
-    hf_model: nn.Module, encoder: MoEConfig, decoder: MoEConfig, init: InitConfig, pretrained: bool
+    hf_model: nn.Module,
+    encoder: MoEConfig,
+    decoder: MoEConfig,
+    init: InitConfig,
+    pretrained: bool,
+    router_from_checkpoint: bool = True,
 ) -> int:
     """Replace every SwitchTransformersSparseMLP of `hf_model` in place (encoder / decoder configs).
-    Pretrained: keep the checkpoint's experts (and router, when linear). From scratch: fresh layers
-    with moelab's init. Returns how many were replaced."""
+    Pretrained: keep the checkpoint's experts, and its router when linear and router_from_checkpoint
+    (otherwise a fresh router with moelab's init). From scratch: fresh layers with moelab's init.
+    Returns how many were replaced."""
     targets = _sparse_mlps(hf_model)
     for name, module in targets:
         cfg = decoder if name.startswith("decoder.") else encoder
         if pretrained:
-            new = wrap_sparse_mlp(module, cfg, None if cfg.router == "linear" else init)
+            keep = router_from_checkpoint and cfg.router == "linear"
+            new = wrap_sparse_mlp(module, cfg, None if keep else init)
         else:
             new = MoESparseMLP(cfg)
             new.moe.reset_parameters(init)
@@ -235,7 +272,6 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
         pad_id: int = 0,
         eos_id: int = 1,
         max_target_len: int = 32,
-        dense_top_k: int = 2,
     ):
         super().__init__()
         self.hf = load_hf(model, vocab_size, pad_id, eos_id)
@@ -243,13 +279,16 @@ class SwitchSeq2Seq(nn.Module, MoEModelMixin):
         self.n_swapped = 0
         if model.moe is not None:
             encoder, decoder = stack_moe_configs(model, max_target_len, self.hf.config if model.pretrained else None)
-            self.n_swapped = swap_sparse_mlps(self.hf, encoder, decoder, model.init, bool(model.pretrained))
+            self.n_swapped = swap_sparse_mlps(
+                self.hf, encoder, decoder, model.init, bool(model.pretrained), model.router_from_checkpoint
+            )
             # a KV cache routes one new token at a time; with capacity, a token's slot depends on the
             # earlier tokens of its sequence, so generation then re-runs the whole prefix each step
             self.use_cache = decoder.capacity_factor <= 0
-        else:
-            for name, module in _sparse_mlps(self.hf):  # a pretrained checkpoint's sparse MLPs
-                _replace(self.hf, name, DenseFromExperts(module, dense_top_k, model.activation))
+        elif model.pretrained:  # the dense baseline: each sparse MLP of the checkpoint becomes a dense FFN
+            k, act = experts_in_dense(model, self.hf.config), hf_activation(self.hf.config)
+            for name, module in _sparse_mlps(self.hf):
+                _replace(self.hf, name, DenseFromExperts(module, k, act))
 
     def _wrappers(self, stack: nn.Module) -> list[MoESparseMLP]:
         return [m for m in stack.modules() if isinstance(m, MoESparseMLP)]

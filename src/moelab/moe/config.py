@@ -15,7 +15,7 @@ from .balancing import BALANCING
 from .capacity import CAPACITY_POLICIES, check_capacity
 from .experts import ACTIVATIONS, EXPERTS
 from .normalisers import NORMALISERS
-from .registry import OptionError, Param, non_negative, one_of
+from .registry import OptionError, Param, non_negative, non_negative_int, one_of, positive_int
 from .routers import ROUTERS
 from .selection import SELECTIONS
 
@@ -31,6 +31,13 @@ LAYER_PARAMS = {
         0.0, "0: dropless; > 0: at most ceil(cf * slots / E) slots per expert per sequence", non_negative
     ),
     "capacity_policy": Param("weight", "which overflow slots are dropped first", one_of(CAPACITY_POLICIES)),
+    # DeepSeekMoE (Dai et al. 2024) / OLMoE: same active FLOPs as top_k experts of width d_ff
+    "expert_granularity": Param(
+        1, "m: each expert split into m of width d_ff / m; a token takes m x top_k - n_shared routed ones", positive_int
+    ),
+    "n_shared": Param(
+        0, "shared experts (width d_ff / m): every token, weight 1, in place of routed ones", non_negative_int
+    ),
 }
 REGISTRIES = (ROUTERS, NORMALISERS, SELECTIONS, BALANCING, CAPACITY_POLICIES, EXPERTS)
 
@@ -99,21 +106,25 @@ class MoEConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if k in fields}, options=options)
 
     # ---------------------------------------------------------------- sizes the options derive
+    # Fine-grained + shared experts (DeepSeekMoE): each of the n_experts experts of width d_ff is split
+    # into m = expert_granularity experts of width d_ff / m, and n_shared of that width see every token.
+    # top_k keeps counting coarse experts, so a token's active FFN compute stays that of top_k experts
+    # of width d_ff (the dense baseline's): (k_routed + n_shared) x d_ff / m = top_k x d_ff.
     @property
     def n_routed(self) -> int:
-        """Routed experts per layer."""
-        return self.n_experts
+        """Routed experts per layer: m x n_experts."""
+        return self.n_experts * self.expert_granularity
 
     @property
     def expert_width(self) -> int:
-        """Hidden width of one routed expert."""
-        return self.d_ff
+        """Hidden width of one routed (or shared) expert: d_ff / m."""
+        return self.d_ff // self.expert_granularity
 
     @property
     def k_routed(self) -> int:
-        """Routed experts each token picks (0: soft routing). Selection, capacity and FLOPs read this,
-        not top_k, so an option may redefine how many routed experts k stands for."""
-        return self.top_k
+        """Routed experts each token picks, m x top_k - n_shared (0: soft routing). Selection, capacity
+        and FLOPs read this, not top_k."""
+        return self.top_k * self.expert_granularity - self.n_shared if self.top_k else 0
 
     # ---------------------------------------------------------------- validation
     def components(self) -> list[type]:
@@ -133,8 +144,17 @@ class MoEConfig:
             raise OptionError("n_experts", self.n_experts, "an integer >= 1")
         if self.activation not in ACTIVATIONS:
             raise OptionError("activation", self.activation, ", ".join(ACTIVATIONS))
-        if not 0 <= self.top_k <= self.n_routed:
-            raise OptionError("top_k", self.top_k, f"0 (soft routing) or 1..{self.n_routed} (the number of experts)")
+        if not 0 <= self.top_k <= self.n_experts:
+            raise OptionError("top_k", self.top_k, f"0 (soft routing) or 1..{self.n_experts} (the number of experts)")
+        if self.d_ff % self.expert_granularity:
+            raise OptionError("expert_granularity", self.expert_granularity, f"a divisor of d_ff = {self.d_ff}")
+        if self.top_k and self.k_routed < 1:
+            raise OptionError(
+                "n_shared",
+                self.n_shared,
+                f"< expert_granularity x top_k = {self.top_k * self.expert_granularity} "
+                "(a token must keep at least one routed expert)",
+            )
         for component in self.components():
             component.check(self)
         if self.causal:

@@ -13,9 +13,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> None:
     from ..config import load_params
-    from .tables import report
+    from .tables import REFERENCES, report
 
     load_params(args.params)
     summary = report(args.study, args.out, args.plots, args.bench)
-    n = sum(len(sizes) for gatings in summary.values() for sizes in gatings.values())
+    n = sum(len(sizes) for gatings in summary.values() for gating, sizes in gatings.items() if gating != REFERENCES)
     print(f"report: {n} cells of {len(summary)} task(s) in {args.out}/summary.md, figures in {args.plots}/")

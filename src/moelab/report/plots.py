@@ -1,12 +1,15 @@
 """The report stage's figures (PNG, matplotlib Agg), one set per task under plots/:
 
   <task>_loss_curves.png      training (smoothed) and validation loss per variant; a panel per model size
-  <task>_quality_flops.png    quality vs realised FLOPs/token, Pareto front highlighted, 95% CI bars when n > 1
+  <task>_quality_flops.png    each quality metric of the task vs realised FLOPs/token: the references as
+                              horizontal lines, 95% CI bars when n > 1, the Pareto front of the ranked
+                              models (those worse than a trivial reference are hollow and never on it)
   <task>_expert_load.png      share of tokens per expert (layers x experts heatmap) for every MoE variant
-  <task>_experts_per_token.png  how many experts each token used, sparsemax / entmax variants
+  <task>_experts_per_token.png  how many experts each token used, variants with a sparse normaliser
 
 Every figure is always written (a short message figure when its data is missing) so the stage's
-declared outputs exist. Inputs: metrics/<task>/<variant>/s<seed>/{eval.json,live/plots/metrics/...}.
+declared outputs exist. Inputs: the TaskReports of data.py and, per seed, the routing detail
+(eval/s<seed>.routing.json) and DVCLive curves (train/live/s<seed>/plots/metrics).
 """
 
 from __future__ import annotations
@@ -23,33 +26,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..io import read_json  # noqa: E402
-from .tables import run_config, seed_files  # noqa: E402
+from .data import DENSE, TaskReport, normaliser_sparse, run_config, seed_files, size_order  # noqa: E402
 
-# quality metrics in the order they are plotted: key -> (label, lower is better)
-QUALITY = {
-    "test_ppl": ("test perplexity", True),
-    "test_rouge1": ("ROUGE-1", False),
-    "test_rouge2": ("ROUGE-2", False),
-    "test_rougeL": ("ROUGE-L", False),
-    "test_rougeLsum": ("ROUGE-Lsum", False),
-    "test_accuracy": ("accuracy", False),
-    "test_macro_f1": ("macro-F1", False),
-}
-SPARSE_NORMS = ("sparsemax", "entmax15", "entmax")
-DENSE = "dense"
 FIGURES = ("loss_curves", "quality_flops", "expert_load", "experts_per_token")
 
 
-def write_plots(metrics_dir: Path, plots_dir: Path, summary: dict) -> list[Path]:
-    """Write every figure of every task in `summary`; returns the paths written."""
+def write_plots(metrics_dir: Path, plots_dir: Path, reports: dict[str, TaskReport]) -> list[Path]:
+    """Write every figure of every task in `reports`; returns the paths written."""
     plots_dir.mkdir(parents=True, exist_ok=True)
     runs = load_runs(metrics_dir)
     written = []
-    for task in summary:
+    for task, report in reports.items():
         task_runs = runs.get(task, [])
         for name, fn, data in (
             ("loss_curves", loss_curves, task_runs),
-            ("quality_flops", quality_flops, summary[task]),
+            ("quality_flops", quality_flops, report),
             ("expert_load", expert_load, task_runs),
             ("experts_per_token", experts_per_token, task_runs),
         ):
@@ -78,7 +69,7 @@ def load_runs(metrics_dir: Path) -> dict:
                 "gating": config["gating"],
                 "size": config["preset"],
                 "seed": config.get("seed"),
-                "norm": ((config.get("model") or {}).get("moe") or {}).get("norm"),
+                "sparse": normaliser_sparse(config) is True,
                 "eval": ev,
                 "train": read_tsv(live / "train" / "loss.tsv"),
                 "val": read_tsv(live / "val" / "loss.tsv"),
@@ -106,7 +97,7 @@ def _colours(gatings: list[str]) -> dict[str, tuple]:
 
 def _sizes(runs: list[dict]) -> list[str]:
     sizes = sorted({r["size"] for r in runs if r["gating"] != DENSE}) or sorted({r["size"] for r in runs})
-    return sorted(sizes, key=lambda s: (len(s), s))
+    return sorted(sizes, key=size_order)
 
 
 def _message(title: str, text: str):
@@ -174,9 +165,9 @@ def loss_curves(task: str, runs: list[dict]):
 
 
 # ------------------------------------------------------------------ (2) quality vs FLOPs
-def pareto_front(points: list[tuple[float, float]], lower_is_better: bool) -> list[int]:
+def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
     """Indices of the points no other point beats on both cost (x, lower better) and quality (y)."""
-    sign = 1 if lower_is_better else -1
+    sign = -1 if higher_is_better else 1
     front = []
     for i, (x, y) in enumerate(points):
         dominated = any(
@@ -189,71 +180,128 @@ def pareto_front(points: list[tuple[float, float]], lower_is_better: bool) -> li
     return sorted(front, key=lambda i: points[i][0])
 
 
-def quality_flops(task: str, gatings: dict):
-    cells = [(g, s, m) for g, sizes in gatings.items() for s, m in sizes.items() if "flops_per_token" in m]
-    keys = [k for k in QUALITY if any(k in m for _, _, m in cells)]
-    if not cells or not keys:
+def front_cells(report: TaskReport, column, cells: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The Pareto front (FLOPs/token vs one quality column) of the ranked cells, by FLOPs: a model
+    worse than a trivial reference is never on it."""
+    ranked = [c for c in cells if report.ranked(c)]
+    pts = [(report.cells[c]["flops_per_token"]["mean"], report.cells[c][column.key]["mean"]) for c in ranked]
+    return [ranked[i] for i in pareto_front(pts, column.higher_is_better)]
+
+
+def _seeds_label(report: TaskReport, gating: str) -> str:
+    """'gating (n=3)': the seeds per cell of a gating (a range when its sizes differ)."""
+    ns = sorted(
+        {m[report.headline.key]["n"] for (g, _), m in report.cells.items() if g == gating and report.headline.key in m}
+    )
+    n = "?" if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+    return f"{gating} (n={n})"
+
+
+def quality_flops(task: str, report: TaskReport):
+    cells = [c for c in report.models() if "flops_per_token" in report.cells[c]]
+    columns = [q for q in report.quality if any(q.key in report.cells[c] for c in cells)]
+    if not cells or not columns:
         return _message(f"{task}: quality vs FLOPs/token", "no quality metric with FLOPs/token in the summary")
-    colours = _colours(sorted(gatings))
-    sizes = sorted({s for _, s, _ in cells}, key=lambda s: (len(s), s))
+    gatings = sorted({g for g, _ in cells})
+    colours = _colours(gatings)
+    sizes = sorted({s for _, s in cells}, key=size_order)
     markers = dict(zip(sizes, "osD^vP*X"))
-    ncols = min(2, len(keys))  # ROUGE-1/2/L/Lsum: a 2 x 2 grid, not one long row
-    nrows = math.ceil(len(keys) / ncols)
+    ncols = min(2, len(columns))  # ROUGE-1/2/L/Lsum: a grid, not one long row
+    nrows = math.ceil(len(columns) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(7.5 * ncols, 5.2 * nrows), squeeze=False)
-    for ax in axes.flat[len(keys) :]:
+    for ax in axes.flat[len(columns) :]:
         ax.axis("off")
-    for ax, key in zip(axes.flat, keys):
-        label, lower = QUALITY[key]
-        here = [(g, s, m) for g, s, m in cells if key in m]
-        pts = [(m["flops_per_token"]["mean"], m[key]["mean"]) for _, _, m in here]
-        front = pareto_front(pts, lower)
-        ax.plot(
-            [pts[i][0] for i in front],
-            [pts[i][1] for i in front],
-            "-",
-            color="0.6",
-            lw=6,
-            alpha=0.35,
-            zorder=1,
-            label="Pareto front",
-        )
-        for i, (g, s, m) in enumerate(here):
-            q, f = m[key], m["flops_per_token"]
-            ax.errorbar(
-                f["mean"],
-                q["mean"],
-                yerr=q["ci95"] or None,
-                xerr=f["ci95"] or None,
-                fmt=markers[s],
-                color=colours[g],
-                ms=9 if i in front else 7,
-                capsize=3,
-                mec="black" if i in front else colours[g],
-                mew=1.5 if i in front else 0.5,
-                zorder=3,
-            )
-            ax.annotate(
-                f"{g} {s}" if g != DENSE else "dense",
-                (f["mean"], q["mean"]),
-                fontsize=7,
-                xytext=(5, 4),
-                textcoords="offset points",
-                color="0.25",
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("realised forward FLOPs / token (log)")
-        ax.set_ylabel(f"{label} ({'lower' if lower else 'higher'} is better)")
-        n = max(m[key]["n"] for _, _, m in here)
-        ax.set_title(f"{task}: {label} vs compute" + ("" if n > 1 else "  (n = 1: no error bars)"))
-        ax.grid(alpha=0.3, which="both")
-    handles = [plt.Line2D([], [], color=colours[g], marker="o", ls="none", label=g) for g in sorted(gatings)]
-    handles += [
-        plt.Line2D([], [], color="0.3", marker=markers[s], ls="none", mfc="none", label=f"size {s}") for s in sizes
+    for ax, column in zip(axes.flat, columns):
+        _quality_panel(ax, report, column, [c for c in cells if column.key in report.cells[c]], colours, markers)
+    handles = [
+        plt.Line2D([], [], color=colours[g], marker="o", ls="none", label=_seeds_label(report, g)) for g in gatings
     ]
+    handles += [plt.Line2D([], [], color="0.3", marker=markers[s], ls="none", label=f"size {s}") for s in sizes]
     handles += [plt.Line2D([], [], color="0.6", lw=6, alpha=0.35, label="Pareto front (black edge)")]
+    if any(not report.ranked(c) for c in cells):
+        handles += [
+            plt.Line2D(
+                [],
+                [],
+                color="0.3",
+                marker="o",
+                mfc="white",
+                ls="none",
+                label="▼ worse than a trivial reference: not ranked",
+            )
+        ]
+    if report.references:
+        handles += [plt.Line2D([], [], color="0.35", ls="--", label="reference (same test examples)")]
     axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    unbeaten = report.unbeaten()
+    if unbeaten:
+        fig.suptitle(
+            f"{task}: no model beats the trivial reference {', '.join(unbeaten)}", fontsize=12, color="darkred"
+        )
     fig.tight_layout()
     return fig
+
+
+def _quality_panel(ax, report: TaskReport, column, cells: list, colours: dict, markers: dict) -> None:
+    """One quality metric vs FLOPs/token: references as lines, the ranked models' Pareto front."""
+    front = front_cells(report, column, cells)
+    ax.plot(
+        [report.cells[c]["flops_per_token"]["mean"] for c in front],
+        [report.cells[c][column.key]["mean"] for c in front],
+        "-",
+        color="0.6",
+        lw=6,
+        alpha=0.35,
+        zorder=1,
+    )
+    for cell in cells:
+        _point(ax, report, column, cell, colours[cell[0]], markers[cell[1]], cell in front)
+    for name, ref in report.references.items():
+        if column.key in ref:
+            ax.axhline(ref[column.key], color="0.35", ls="--", lw=1, zorder=2)
+            ax.annotate(
+                f"{name} ({'trivial ' if ref['trivial'] else ''}reference)",
+                (0.01, ref[column.key]),
+                xycoords=("axes fraction", "data"),
+                fontsize=7,
+                color="0.25",
+                xytext=(0, 3),
+                textcoords="offset points",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("realised forward FLOPs / token (log)")
+    ax.set_ylabel(f"{column.label} ({'higher' if column.higher_is_better else 'lower'} is better)")
+    n = max(report.cells[c][column.key]["n"] for c in cells)
+    ax.set_title(f"{report.task}: {column.label} vs compute" + ("" if n > 1 else "  (n = 1: no error bars)"))
+    ax.grid(alpha=0.3, which="both")
+
+
+def _point(ax, report: TaskReport, column, cell, colour, marker: str, on_front: bool) -> None:
+    q, f = report.cells[cell][column.key], report.cells[cell]["flops_per_token"]
+    ranked = report.ranked(cell)
+    ax.errorbar(
+        f["mean"],
+        q["mean"],
+        yerr=q["ci95"] or None,
+        xerr=f["ci95"] or None,
+        fmt=marker,
+        color=colour,
+        mfc=colour if ranked else "white",
+        ms=9 if on_front else 7,
+        capsize=3,
+        mec="black" if on_front else colour,
+        mew=1.5 if on_front else 1.0,
+        zorder=3,
+    )
+    label = DENSE if cell[0] == DENSE else f"{cell[0]} {cell[1]}"
+    ax.annotate(
+        label + ("" if ranked else " ▼"),
+        (f["mean"], q["mean"]),
+        fontsize=7,
+        xytext=(5, 4),
+        textcoords="offset points",
+        color="0.25",
+    )
 
 
 # ------------------------------------------------------------------ (3) expert load
@@ -316,7 +364,7 @@ def expert_load(task: str, runs: list[dict]):
 
 # ------------------------------------------------------------------ (4) experts per token
 def experts_per_token(task: str, runs: list[dict]):
-    sparse = [r for r in runs if r["gating"] != DENSE and (r["norm"] or "") in SPARSE_NORMS]
+    sparse = [r for r in runs if r["gating"] != DENSE and r["sparse"]]
     if not sparse:
         return _message(f"{task}: experts per token", "no sparsemax / entmax variant in the study")
     with_hist = [r for r in sparse if any(layer.get("experts_per_token_hist") for layer in r["eval"].get("layers", []))]

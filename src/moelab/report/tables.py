@@ -1,140 +1,23 @@
-"""The report stage: every metrics file -> metrics/summary.json (task -> variant -> size -> metric
--> mean/std/ci95/n), metrics/summary.md (one table per task, plus expert specialisation) and the
-figures under plots/ (see moelab.plots)."""
+"""The report stage: the study's metrics (read by data.py) -> metrics/summary.json (task -> variant ->
+size -> metric -> mean/std/ci95/n, and each task's "references"), metrics/summary.md (one table per
+task with its references and the dense baseline, then what the data supports, then expert
+specialisation) and the figures under plots/ (plots.py)."""
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ..io import atomic_write_text, meta_path, read_json, write_json
+from ..io import atomic_write_text, read_json, write_json
+from . import evidence
+from .data import DENSE, Column, TaskReport, load, run_config, seed_files
+from .evidence import fmt
 
-# column: (source file, key, lower is better, label)
-COLUMNS = [
-    ("eval", "test_ppl", True, "test ppl"),
-    ("eval", "test_rouge1", False, "ROUGE-1"),
-    ("eval", "test_rouge2", False, "ROUGE-2"),
-    ("eval", "test_rougeL", False, "ROUGE-L"),
-    ("eval", "test_rougeLsum", False, "ROUGE-Lsum"),
-    ("eval", "test_accuracy", False, "accuracy"),
-    ("eval", "test_loss", True, "test loss"),
-    ("eval", "test_macro_f1", False, "macro-F1"),
-    ("eval", "experts_per_token", None, "experts/token"),
-    ("eval", "flops_per_token", True, "FLOPs/token"),
-    ("benchmark", "forward_ms", True, "forward ms"),
-    ("eval", "load_cv", True, "load CV"),
-    ("eval", "dropped_fraction", True, "dropped"),
-    ("train", "wall_s", True, "train s"),
-]
-
-# two-sided 95% Student-t quantiles for n-1 degrees of freedom
-_T95 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    15: 2.131,
-    20: 2.086,
-    30: 2.042,
-}
+BELOW = "▼"
+REFERENCES = "references"  # the key of a task's references in summary.json (no gating is named so)
 
 
-def t95(df: int) -> float:
-    return (
-        _T95.get(df) or next((v for k, v in sorted(_T95.items(), reverse=True) if k <= df), 1.96) if df <= 30 else 1.96
-    )
-
-
-def describe(values: list[float]) -> dict:
-    """mean, sample std, half-width of the 95% t confidence interval (None for n = 1), n."""
-    n = len(values)
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if n > 1 else 0.0
-    ci = t95(n - 1) * std / math.sqrt(n) if n > 1 else None
-    return {"mean": mean, "std": std, "ci95": ci, "n": n}
-
-
-def seed_files(study_dir: Path, stage: str) -> list[Path]:
-    """metrics/study/<task>/<variant>/<stage>/s<seed>.json, sorted."""
-    return sorted(study_dir.glob(f"*/*/{stage}/s*.json"), key=lambda p: (p.parent.parent, _seed(p)))
-
-
-def run_config(metrics_file: Path) -> dict:
-    """The resolved config a metrics file was produced with (its .meta.json)."""
-    meta = meta_path(metrics_file)
-    return read_json(meta).get("config", {}) if meta.exists() else {}
-
-
-def collect(metrics_dir: Path, bench_dir: Path | None = None) -> dict:
-    """{task: {gating: {size: {metric: [values over seeds]}}}} from metrics/study/<task>/<variant>/...
-    and the benchmark's bench_dir/<task>/<variant>.json (default: metrics/bench beside the study)."""
-    bench_dir = bench_dir if bench_dir is not None else metrics_dir.parent / "bench"
-    cells: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
-    benchmarked: set[Path] = set()
-    for eval_path in seed_files(metrics_dir, "eval"):
-        variant_dir = eval_path.parent.parent
-        config = run_config(eval_path)
-        task, gating, size = config.get("task"), config.get("gating"), config.get("preset")
-        if not (task and gating and size):
-            continue
-        ev = read_json(eval_path)
-        # the benchmark is per variant, not per seed: counted once (n = 1), not repeated as if it varied
-        first_seed = variant_dir not in benchmarked
-        benchmarked.add(variant_dir)
-        sources = {
-            "eval": ev,
-            "train": _maybe(variant_dir / "train" / eval_path.name),
-            "benchmark": _maybe(bench_dir / task / f"{variant_dir.name}.json") if first_seed else {},
-        }
-        for source, key, _, _ in COLUMNS:
-            value = sources[source].get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                cells[task][gating][size][key].append(float(value))
-    return cells
-
-
-def _maybe(path: Path) -> dict:
-    return read_json(path) if path.exists() else {}
-
-
-def summarise(cells: dict) -> dict:
-    return {
-        task: {
-            gating: {
-                size: {key: describe(vals) for key, vals in metrics.items()} for size, metrics in sorted(sizes.items())
-            }
-            for gating, sizes in sorted(gatings.items())
-        }
-        for task, gatings in sorted(cells.items())
-    }
-
-
-def _interval(d: dict) -> tuple[float, float]:
-    half = d["ci95"] or 0.0
-    return d["mean"] - half, d["mean"] + half
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.3g}" if abs(v) >= 1e4 or (abs(v) < 1e-2 and v != 0) else f"{v:.3f}".rstrip("0").rstrip(".")
-
-
-def _overlap(a: dict, b: dict) -> bool:
-    """Whether two cells cannot be told apart: their 95% intervals overlap, or either has none (n = 1)."""
-    if a["ci95"] is None or b["ci95"] is None:
-        return True
-    (lo_a, hi_a), (lo_b, hi_b) = _interval(a), _interval(b)
-    return lo_a <= hi_b and lo_b <= hi_a
-
-
-def mark_column(cells: list[dict], lower_is_better: bool) -> list[str | None]:
+def mark_column(cells: list[dict], higher_is_better: bool) -> list[str | None]:
     """The mark of each cell of one column (a describe() dict each):
 
     "best"  the best mean, and its 95% interval overlaps no other cell's: a claim (bold);
@@ -147,7 +30,7 @@ def mark_column(cells: list[dict], lower_is_better: bool) -> list[str | None]:
     marks: list[str | None] = [None] * len(cells)
     if len(cells) < 2 or len({c["mean"] for c in cells}) == 1:
         return marks
-    order = sorted(range(len(cells)), key=lambda i: cells[i]["mean"], reverse=not lower_is_better)
+    order = sorted(range(len(cells)), key=lambda i: cells[i]["mean"], reverse=higher_is_better)
     top = cells[order[0]]
     if any(c["ci95"] is None for c in cells):
         for i in order:
@@ -163,56 +46,164 @@ def mark_column(cells: list[dict], lower_is_better: bool) -> list[str | None]:
     return marks
 
 
+def _overlap(a: dict, b: dict) -> bool:
+    return a["mean"] - a["ci95"] <= b["mean"] + b["ci95"] and b["mean"] - b["ci95"] <= a["mean"] + a["ci95"]
+
+
 _STYLE = {"best": "**{}**", "tie": "{} ≈", "lead": "_{}_", None: "{}"}
 
 NOTE = (
-    "Mean over seeds ± half-width of the 95% Student-t interval (n = seeds per cell). "
-    "**Bold**: best in its column and its interval overlaps no other cell's; "
-    "≈: tied — the best mean and every cell whose interval overlaps it (not claimed different); "
-    "_italic_: best mean, but the column has cells with n = 1 (no interval), so nothing is claimed. "
-    "FLOPs/token are realised (measured experts/token), forward pass, matmuls only; forward ms is "
-    "the benchmark stage's latency (one run per variant, not per seed)."
+    "Test split. Mean over seeds ± half-width of the exact 95% Student-t interval (seeds = runs per cell). "
+    "Reference rows are the task's trivial baselines scored on the same test examples (one number, no seeds); the"
+    " dense baseline has the FFN width of top_k experts. Marks compare the models (dense and MoE) that are not "
+    "worse than a trivial reference: **bold**: best in its column and its interval overlaps no other model's; ≈: "
+    "tied — the best mean and every model whose interval overlaps it (not claimed different; these are unpaired "
+    "intervals, the paired comparisons under 'What the data supports' can separate what ≈ does not); _italic_: "
+    f"best mean, but some model has n = 1 (no interval), so nothing is claimed. {BELOW}: headline mean worse than "
+    "a trivial reference: not ranked, not on the Pareto front. n test: examples (tokens for LM) each quality "
+    "metric is computed on. FLOPs/token are realised (measured experts/token), forward pass, matmuls only; "
+    "forward ms is the latest benchmark stage's median (one run per variant, not per seed). experts/token and "
+    "load CV are not ranked: load CV depends on the gate type (see the notes under each table)."
 )
 
 
-def markdown(summary: dict, specialisation: dict | None = None) -> str:
-    out = ["# moelab study summary", "", NOTE, ""]
-    for task, gatings in summary.items():
-        rows = [(g, s, m) for g, sizes in gatings.items() for s, m in sizes.items()]
-        cols = [c for c in COLUMNS if any(c[1] in m for _, _, m in rows)]
-        ns = sorted({max((d["n"] for d in m.values()), default=0) for _, _, m in rows})
-        out += [f"## {task}", ""]
-        if ns and ns[0] < 2:
-            out += [
-                "> n = 1 for some cells: no confidence interval, so no variant is claimed best "
-                "(best means are in _italic_). Add seeds to params.yaml `seeds` for intervals.",
-                "",
-            ]
-        out += ["| variant | size | n | " + " | ".join(c[3] for c in cols) + " |", "|---|---|---|" + "---|" * len(cols)]
-        texts = [[] for _ in rows]
-        for _, key, lower, _ in cols:
-            present = [i for i, (_, _, m) in enumerate(rows) if key in m]
-            marks = dict(
-                zip(
-                    present,
-                    mark_column([rows[i][2][key] for i in present], lower)
-                    if lower is not None
-                    else [None] * len(present),
-                )
+# ------------------------------------------------------------------ summary.json
+def summary_json(reports: dict[str, TaskReport]) -> dict:
+    """task -> gating -> size -> metric -> {mean, std, ci95, n}, and task -> "references" -> name -> metric."""
+    out = {}
+    for task, report in reports.items():
+        order = [c.key for c in report.columns]
+        nested: dict = defaultdict(dict)
+        for gating, size in sorted(report.cells):
+            metrics = report.cells[(gating, size)]
+            nested[gating][size] = {k: metrics[k] for k in sorted(metrics, key=order.index)}
+        nested[REFERENCES] = {
+            name: {k: v for k, v in ref.items() if k.startswith("test_")} for name, ref in report.references.items()
+        }
+        out[task] = dict(nested)
+    return out
+
+
+# ------------------------------------------------------------------ summary.md
+def cell_text(stats: dict, mark: str | None = None) -> str:
+    text = fmt(stats["mean"]) + (f" ± {fmt(stats['ci95'])}" if stats["ci95"] is not None else "")
+    return _STYLE[mark].format(text)
+
+
+def count_text(report: TaskReport, cell: tuple[str, str]) -> str:
+    """The test split's size: one number when every seed saw the same, else the range."""
+    counts = set(report.seed_values(cell, report.count.key).values())
+    if not counts:
+        return "–"
+    low, high = int(min(counts)), int(max(counts))
+    return f"{low}" if low == high else f"{low}–{high}"
+
+
+def shown_columns(report: TaskReport) -> list[Column]:
+    present = {k for metrics in report.cells.values() for k in metrics}
+    present |= {k for ref in report.references.values() for k in ref}
+    return [c for c in report.columns if c.key in present or c == report.count]
+
+
+def column_marks(report: TaskReport, column: Column) -> dict[tuple[str, str], str | None]:
+    """The marks of one column over the ranked models that have it."""
+    if column.higher_is_better is None:
+        return {}
+    cells = [c for c in report.models() if report.ranked(c) and column.key in report.cells[c]]
+    return dict(zip(cells, mark_column([report.cells[c][column.key] for c in cells], column.higher_is_better)))
+
+
+def model_row(report: TaskReport, cell: tuple[str, str], columns: list[Column], marks: dict) -> str:
+    metrics = report.cells[cell]
+    texts = []
+    for column in columns:
+        if column == report.count:
+            texts.append(count_text(report, cell))
+        elif column.key not in metrics:
+            texts.append("–")
+        else:
+            text = cell_text(metrics[column.key], marks[column.key].get(cell))
+            texts.append(text + (f" {BELOW}" if column == report.headline and not report.ranked(cell) else ""))
+    seeds = metrics[report.headline.key]["n"] if report.headline.key in metrics else 0
+    label = f"{DENSE} (baseline)" if cell[0] == DENSE else cell[0]
+    return f"| {label} | {cell[1]} | {seeds} | " + " | ".join(texts) + " |"
+
+
+def reference_row(report: TaskReport, name: str, columns: list[Column]) -> str:
+    ref = report.references[name]
+
+    def text(column: Column) -> str:
+        if column.key not in ref:
+            return "–"
+        return f"{int(ref[column.key])}" if column == report.count else fmt(ref[column.key])
+
+    return f"| reference: {name} | – | – | " + " | ".join(text(c) for c in columns) + " |"
+
+
+def table(report: TaskReport) -> list[str]:
+    columns = shown_columns(report)
+    marks = {c.key: column_marks(report, c) for c in columns}
+    out = [
+        "| variant | size | seeds | " + " | ".join(c.label for c in columns) + " |",
+        "|---|---|---|" + "---|" * len(columns),
+    ]
+    out += [reference_row(report, name, columns) for name in report.references]
+    out += [model_row(report, cell, columns, marks) for cell in report.models()]
+    return out
+
+
+def reference_notes(report: TaskReport) -> list[str]:
+    """What each reference is; any scored on other test examples than the models; the trivial ones no
+    model beats."""
+    notes, count, h = [], report.count, report.headline
+    model_counts = {v for c in report.models() for v in report.seed_values(c, count.key).values()}
+    for name, ref in report.references.items():
+        kind = "trivial reference" if ref["trivial"] else "reference (context: a model below it is still ranked)"
+        notes.append(f"{name}, {kind}: {ref['description']}")
+        if count.key in ref and model_counts and model_counts != {ref[count.key]}:
+            notes.append(
+                f"**{name} is not on the same test examples as the models**: {count.label} {int(ref[count.key])} "
+                f"vs {', '.join(str(int(n)) for n in sorted(model_counts))}; re-run the reference stage."
             )
-            for i, (_, _, m) in enumerate(rows):
-                if key not in m:
-                    texts[i].append("–")
-                    continue
-                d = m[key]
-                text = _fmt(d["mean"]) + (f" ± {_fmt(d['ci95'])}" if d["ci95"] is not None else "")
-                texts[i].append(_STYLE[marks[i]].format(text))
-        for (gating, size, m), cells in zip(rows, texts):
-            n = max((d["n"] for d in m.values()), default=0)
-            out.append(f"| {gating} | {size} | {n} | " + " | ".join(cells) + " |")
-        out.append("")
+    for name in report.unbeaten():
+        notes.append(
+            f"**No {report.task} model beats the trivial reference {name}** on {h.label} "
+            f"({fmt(report.references[name][h.key])}): every trained model is worse on the mean."
+        )
+    return notes
+
+
+def table_notes(report: TaskReport) -> list[str]:
+    h, notes = report.headline, []
+    if any(metrics.get(h.key, {}).get("n") == 1 for metrics in report.cells.values()):
+        notes.append(
+            "n = 1 for some models: no confidence interval, so nothing is claimed best (best means in _italic_)."
+        )
+    notes += reference_notes(report)
+    for cell in [c for c in report.models() if not report.ranked(c) and h.key in report.cells[c]]:
+        below = ", ".join(report.below(cell, trivial_only=True))
+        notes.append(f"{BELOW} {evidence.name(cell)}: mean {h.label} worse than {below}: not ranked.")
+    if report.soft:
+        notes.append(
+            "load CV: – for soft routing (top_k = 0 with a dense normaliser, softmax): every expert computes "
+            "every token, so its load is uniform and its CV 0 by construction, not by balancing. The column "
+            "is not comparable across gate types (top-k, sparse normalisers, soft) and no best is marked."
+        )
+    if report.stale_bench:
+        stale = ", ".join(evidence.name(c) for c in sorted(report.stale_bench))
+        notes.append(f"forward ms: – for {stale}: the benchmark JSON measured another config; re-run the benchmark.")
+    return [f"- {n}" for n in notes]
+
+
+def markdown(reports: dict[str, TaskReport], specialisation: dict | None = None) -> str:
+    out = ["# moelab study summary", "", NOTE, ""]
+    for task, report in reports.items():
+        out += [f"## {task}", "", *table(report), "", *table_notes(report), ""]
         if specialisation and specialisation.get(task):
             out += specialisation_markdown(specialisation[task])
+    out += ["## What the data supports", "", evidence.RULE, ""]
+    for report in reports.values():
+        out += evidence.markdown(report)
     return "\n".join(out)
 
 
@@ -260,29 +251,23 @@ def collect_specialisation(
     return {k: v for k, v in out.items() if v}
 
 
-def _seed(path: Path) -> int:
-    try:
-        return int(path.stem.lstrip("s"))
-    except ValueError:
-        return 1 << 30
-
-
 def report(
     study_dir: str | Path = "metrics/study",
     out_dir: str | Path | None = None,
     plots_dir: str | Path | None = "plots",
     bench_dir: str | Path | None = None,
 ) -> dict:
-    """Aggregate study_dir/<task>/<variant>/s<seed>/*.json and bench_dir/<task>/<variant>.json (default:
-    metrics/bench) into out_dir/summary.{json,md} (default: the parent of study_dir, i.e. metrics/)
-    and the figures into plots_dir (None: no figures)."""
+    """Aggregate study_dir (see data.py) and bench_dir/<task>/<variant>.json (default: metrics/bench)
+    into out_dir/summary.{json,md} (default: the parent of study_dir, i.e. metrics/) and the figures
+    into plots_dir (None: no figures). Returns the summary.json object."""
     study_dir = Path(study_dir)
     out_dir = Path(out_dir) if out_dir is not None else study_dir.parent
-    summary = summarise(collect(study_dir, Path(bench_dir) if bench_dir is not None else None))
+    reports = load(study_dir, bench_dir)
+    summary = summary_json(reports)
     write_json(out_dir / "summary.json", summary)
-    atomic_write_text(out_dir / "summary.md", markdown(summary, collect_specialisation(study_dir)))
+    atomic_write_text(out_dir / "summary.md", markdown(reports, collect_specialisation(study_dir)))
     if plots_dir is not None:
         from .plots import write_plots
 
-        write_plots(study_dir, Path(plots_dir), summary)
+        write_plots(study_dir, Path(plots_dir), reports)
     return summary

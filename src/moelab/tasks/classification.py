@@ -94,7 +94,7 @@ class ClassificationTask(Task):
         labels = self.data_dir / "labels.json"
         if not labels.is_file():
             raise DataError(f"{labels} not found (data not prepared): {self.redo}")
-        names = read_label_names(labels)
+        names = read_label_names(labels, self.redo)
         if len(names) < 2 or not all(isinstance(n, str) for n in names):
             raise DataError(f"{labels} must list at least two label names: {self.redo}")
         self.label_names = names
@@ -154,6 +154,19 @@ class ClassificationTask(Task):
     def check_data(self) -> None:
         for split in SPLITS:
             self.split(split)
+        self.test_texts()
+
+    def test_texts(self) -> list[str]:
+        """The raw test texts the samples show (test.json), one per test example."""
+        from ..io import read_json
+
+        path = self.data_dir / "test.json"
+        if not path.is_file():
+            raise DataError(f"{path} not found (data not prepared): {self.redo}")
+        texts = read_json(path, self.redo).get("texts")
+        if not isinstance(texts, list) or len(texts) != len(self.split("test")["labels"]):
+            raise DataError(f"{path} does not hold one text per example of test.npz: {self.redo}")
+        return texts
 
     def collate(self, split: str, rows: list[int]) -> dict:
         data = self.split(split)
@@ -195,9 +208,7 @@ class ClassificationTask(Task):
         return {"accuracy": acc, "macro_f1": f1, "loss": nll / max(len(trues), 1), "examples": len(trues)}
 
     def samples_markdown(self, model) -> str:
-        from ..io import read_json
-
-        texts = read_json(self.data_dir / "test.json").get("texts", [])
+        texts = self.test_texts()
         lines = [
             f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}\n",
             "| text | predicted | true |",
@@ -225,9 +236,10 @@ class ClassificationTask(Task):
         majority = int(torch.bincount(y_train, minlength=n_classes).argmax())
         refs = {
             "majority": {
-                "description": f"always the training split's most frequent label ({self.label_names[majority]})"
+                "description": f"always the training split's most frequent label ({self.label_names[majority]})",
+                "trivial": True,  # a model below it has learned nothing: flagged, not ranked
             },
-            "bow-logreg": {"description": "logistic regression on a binary bag of BPE tokens"},
+            "bow-logreg": {"description": "logistic regression on a binary bag of BPE tokens", "trivial": False},
         }
         x_train = bag_of_words(train["text"], self.vocab_size)
         val_text, val_true = self._evaluated("validation")
@@ -264,14 +276,14 @@ class ClassificationTask(Task):
         return self.flops_per_token(experts_per_token, batch["input_ids"].shape[1])
 
 
-def read_label_names(path: Path) -> list:
-    """labels.json: a JSON list of label names; anything else is one DataError line."""
+def read_label_names(path: Path, redo: str) -> list:
+    """labels.json: a JSON list of label names; anything else is one DataError line ending in `redo`."""
     import json
 
     try:
         value = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise DataError(f"{path} is not valid JSON ({err}): re-run prepare") from None
+        raise DataError(f"{path} is not valid JSON ({err}): {redo}") from None
     if not isinstance(value, list):
-        raise DataError(f"{path} must be a JSON list of label names: re-run prepare")
+        raise DataError(f"{path} must be a JSON list of label names: {redo}")
     return value

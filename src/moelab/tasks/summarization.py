@@ -17,7 +17,7 @@ import torch
 from ..config.schema import DataParams, EvalParams, allowed, at_least
 from ..errors import DataError
 from ..models.lm import IGNORE
-from ..models.switch import SwitchSeq2Seq, scratch_config, stack_moe_configs
+from ..models.switch import SwitchSeq2Seq, moe_config_for, scratch_config, stack_moe_configs
 from .base import SPLITS, TASKS, Metric, Task, no_progress, pad_batch, row_batches
 
 SUMMARIZE_PREFIX = "summarize: "
@@ -71,7 +71,9 @@ def lead_words(document: str, n: int) -> str:
 
 
 # ---------------------------------------------------------------- FLOPs
-def seq2seq_flops_per_token(cfg, n_source: int, n_target: int, moe, experts_per_token: list[float] | None) -> dict:
+def seq2seq_flops_per_token(
+    cfg, n_source: int, n_target: int, moe, experts_per_token: list[float] | None, dense_width: int | None = None
+) -> dict:
     """Forward matmul FLOPs (multiply-add = 2) of one (source, target) pair, divided by S + L tokens.
 
     With d = d_model, a = num_heads * d_kv, f = d_ff, S = n_source, L = n_target, V = vocab:
@@ -83,20 +85,26 @@ def seq2seq_flops_per_token(cfg, n_source: int, n_target: int, moe, experts_per_
       lm head per target token: 2*d*V
     Sparse layers follow HF's rule (layer i is sparse when step == 1 or i % step == 1; step <= 0: none).
     moe: the MoEConfig (None: dense); experts_per_token: one value per MoE layer, encoder layers first
-    (default: all 1.0).
+    (default: all 1.0); dense_width: with moe None, the width of the dense FFN that replaced each sparse
+    layer of a checkpoint (DenseFromExperts: k * d_ff).
     """
     from ..moe import moe_flops_per_token
 
     d, a, f, v = cfg.d_model, cfg.num_heads * cfg.d_kv, cfg.d_ff, cfg.vocab_size
-    per = moe_flops_per_token(moe, 1.0) if moe is not None else {"router": 0.0, "experts": 0.0}
-    moe_flops = {"router": per["router"], "expert": per["experts"]}
     sparse = lambda i, step: step > 0 and (step == 1 or i % step == 1)  # noqa: E731
     enc_sparse = [sparse(i, cfg.encoder_sparse_step) for i in range(cfg.num_layers)]
     dec_sparse = [sparse(i, cfg.decoder_sparse_step) for i in range(cfg.num_decoder_layers)]
     ks = iter(experts_per_token or [1.0] * (sum(enc_sparse) + sum(dec_sparse)))
 
     def ffn(is_sparse: bool) -> tuple[float, float, float]:  # (dense FFN, experts, router) FLOPs per token
-        return (0, next(ks) * moe_flops["expert"], moe_flops["router"]) if is_sparse else (4 * d * f, 0, 0)
+        if not is_sparse:
+            return 4 * d * f, 0, 0
+        if moe is None:
+            if dense_width is None:
+                raise ValueError("a dense model with sparse layers needs the width of the FFN that replaced them")
+            return 4 * d * dense_width, 0, 0
+        per = moe_flops_per_token(moe, next(ks))  # realised routed experts (+ shared experts) and the router
+        return 0, per["experts"], per["router"]
 
     enc = [ffn(s) for s in enc_sparse]
     dec = [ffn(s) for s in dec_sparse]
@@ -326,10 +334,12 @@ class SummarizationTask(Task):
 
     def samples_markdown(self, model) -> str:
         ev = self.run.evaluate
+        search = (
+            "greedy" if ev.num_beams == 1 else f"beam search ({ev.num_beams} beams, length penalty {ev.length_penalty})"
+        )
         lines = [
             f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}",
-            f"{'greedy' if ev.num_beams == 1 else f'beam search ({ev.num_beams} beams)'}, "
-            f"at most {ev.max_new_tokens} new tokens"
+            f"{search}, at most {ev.max_new_tokens} new tokens"
             + (f", no repeated {ev.no_repeat_ngram_size}-grams" if ev.no_repeat_ngram_size else "")
             + "\n",
         ]
@@ -350,6 +360,7 @@ class SummarizationTask(Task):
         out = {
             "description": f"lead-{n}: the first {n} words of the document (the median training reference length)",
             "words": n,
+            "trivial": True,  # a model below it is flagged and not ranked
         }
         for split, prefix in (("validation", "val_"), ("test", "test_")):
             raw = self.texts(split)
@@ -371,11 +382,18 @@ class SummarizationTask(Task):
         max_source_len) and target length `n_target` (default max_target_len); experts_per_token:
         realised per MoE layer (default k, or E for soft routing); see seq2seq_flops_per_token."""
         moe, cfg = self.run.model.moe, self.hf_config
+        if moe is not None and self.pretrained:  # the layers are sized by the checkpoint, not the preset
+            moe = moe_config_for(cfg, moe)
         if moe is not None and experts_per_token is None:
             k = float(moe.k_routed or moe.n_routed)
             experts_per_token = [k] * (cfg.num_layers + cfg.num_decoder_layers)  # iterator stops at the real count
         return seq2seq_flops_per_token(
-            cfg, context or self.data.max_source_len, n_target or self.data.max_target_len, moe, experts_per_token
+            cfg,
+            context or self.data.max_source_len,
+            n_target or self.data.max_target_len,
+            moe,
+            experts_per_token,
+            dense_width=self.run.model.dense_d_ff if moe is None else None,
         )
 
     def bench_batch(self, generator: torch.Generator, batch_size: int) -> tuple[dict, int]:

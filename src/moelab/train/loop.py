@@ -4,7 +4,7 @@ A models directory belongs to one run configuration (and the code that trains it
   * the same configuration resumes from latest.pt and finishes bit-identical to an uninterrupted run;
     a finished run is not trained again (its train metrics are rewritten from the checkpoint);
   * another configuration (or `restart=True`) starts fresh: the old checkpoints are moved aside to
-    `.<dir>.previous` beside the directory, and one line says so;
+    `.<dir>.previous` beside the directory (its train metrics removed), and one line says so;
   * the directory is locked while a process trains into it;
   * Ctrl-C saves a checkpoint at the last finished step and raises Interrupted (exit 130).
 """
@@ -30,7 +30,7 @@ from ..checkpoint import (
 )
 from ..config import RunConfig
 from ..errors import MoelabError, NonFiniteLoss
-from ..io import remove_stale_temps, write_metrics
+from ..io import meta_path, remove_stale_temps, write_metrics
 from ..locking import directory_lock
 from ..provenance import code_hash
 from ..tasks import build_task
@@ -51,8 +51,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def check_finite(step: int, terms: dict[str, torch.Tensor], ckpt: Path, env: DistEnv | None = None) -> None:
-    """Raise NonFiniteLoss naming the step (1-based, the one being computed) and the first bad term.
+def check_finite(
+    step: int,
+    terms: dict[str, torch.Tensor],
+    ckpt: Path,
+    env: DistEnv | None = None,
+    *,
+    task: str = "<task>",
+    saved_step: int | None = None,
+) -> None:
+    """Raise NonFiniteLoss naming the step (1-based, the one being computed), the first bad term and
+    what to do; `saved_step`: the step of the checkpoint at `ckpt` (None: none written yet).
 
     Under DDP the verdict is all-reduced, so every rank stops together instead of one rank raising
     while the others wait forever in the next collective."""
@@ -67,14 +76,16 @@ def check_finite(step: int, terms: dict[str, torch.Tensor], ckpt: Path, env: Dis
         name = bad[0]
         value = terms[name].detach().float().reshape(-1)
         shown = value[~torch.isfinite(value)][:1].tolist() or ["non-finite on another rank"]
-        where = f"{ckpt} left intact" if ckpt.exists() else f"no checkpoint written yet ({ckpt})"
-        knob = (
-            "moe.aux_loss_coef / moe.z_loss_coef" if name == "balancing loss" else "the learning rate (<task>.train.lr)"
-        )
+        knob = "moe.aux_loss_coef / moe.z_loss_coef" if name == "balancing loss" else f"{task}.train.lr"
+        if saved_step is None:
+            where, same = f"no checkpoint written yet ({ckpt})", "start from step 0 again"
+        else:
+            where = f"last good checkpoint {ckpt} (step {saved_step}) left intact"
+            same = f"resume from step {saved_step} (--restart: from step 0)"
         raise NonFiniteLoss(
-            f"step {step}: {name} is {shown[0]} (non-finite); training stopped, last good checkpoint "
-            f"{where}: lower {knob} or check the data, then re-run (a changed value starts "
-            f"a fresh run; the same values resume from the checkpoint)"
+            f"step {step}: {name} is {shown[0]} (non-finite); training stopped, {where}: lower {knob} in "
+            f"params.yaml or check the data, then re-run: a changed value starts a fresh run (the old "
+            f"checkpoints are moved aside), the same values {same}"
         )
 
 
@@ -157,20 +168,27 @@ def _resumable(latest: Path, config: dict, restart: bool) -> tuple[dict | None, 
     )
 
 
-def _move_aside(out_dir: Path, live_dir: Path | None, why: str, log) -> None:
-    """Start fresh: the old checkpoints (and curves) go to .<name>.previous beside their directory."""
+def _move_aside(out_dir: Path, live_dir: Path | None, metrics_path: Path, why: str, log) -> None:
+    """Start fresh: the old checkpoints (and curves) go to .<name>.previous beside their directory,
+    replacing what an earlier fresh start put there; the old train metrics, which would otherwise
+    sit beside the new run until it finishes, are removed (a finished run keeps them in its latest.pt)."""
+    aside = out_dir.parent / f".{out_dir.name}.previous"
+    replaced = aside.exists()
     for directory in (out_dir, live_dir):
         if directory is None or not directory.exists():
             continue
-        aside = directory.parent / f".{directory.name}.previous"
-        shutil.rmtree(aside, ignore_errors=True)
-        aside.mkdir(parents=True)
+        target = directory.parent / f".{directory.name}.previous"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
         for item in directory.iterdir():
             if item.name != ".lock":
-                item.rename(aside / item.name)
+                item.rename(target / item.name)
+    for stale in (metrics_path, meta_path(metrics_path)):
+        stale.unlink(missing_ok=True)
+    what = "--restart" if why == "--restart" else f"{out_dir} held a run of another configuration ({why})"
     log(
-        f"moelab train: {out_dir} held a run of another configuration ({why}); moved it to "
-        f"{out_dir.parent / f'.{out_dir.name}.previous'} and started fresh"
+        f"moelab train: {what}: moved that run to {aside}"
+        f"{' (replacing the one moved there before)' if replaced else ''} and started fresh"
     )
 
 
@@ -185,7 +203,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     if env.main:
         remove_stale_temps(out_dir)  # half-written checkpoints of a killed run
         if state is None and why:
-            _move_aside(out_dir, live_dir, why, log)
+            _move_aside(out_dir, live_dir, metrics_path, why, log)
     env.barrier()
     if state is not None and state["step"] >= tp.steps and "metrics" in state:
         if env.main:  # finished: nothing to train, rewrite its metrics
@@ -196,6 +214,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
     optimizer, scheduler = build_optimizer(model, tp)
     data_gen = torch.Generator().manual_seed(run.seed)
     step, best_val, history = 0, float("inf"), []
+    saved_step = None  # the step of latest.pt on disk (what a non-finite loss leaves to resume from)
     if state is not None:
         load_model_state(model, state, latest, config, ignore=NOT_TRAINING)
         _check_world_size(state, latest, env)
@@ -205,6 +224,7 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
         data_gen.set_state(state["rng"]["data"])
         random.setstate(_py_rng(state["rng"]["python"]))
         step, best_val, history = state["step"], state["best_val"], state.get("history", [])
+        saved_step = step
     resumed_from = step
     ddp = wrap_ddp(model, env)
     live = None
@@ -235,6 +255,8 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
         return out
 
     def save_latest(metrics: dict | None = None) -> None:
+        nonlocal saved_step
+        saved_step = step
         if env.main:
             save_checkpoint(latest, snapshot(metrics))
         env.barrier()  # no rank runs ahead of a checkpoint that rank 0 has not finished writing
@@ -267,13 +289,14 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
                 with autocast:
                     loss, info = task_loss(ddp, batch)
                     balancing = model.balancing_loss().to(loss.device)
-                check_finite(step + 1, {"task loss": loss, "balancing loss": balancing}, latest, env)
+                terms = {"task loss": loss, "balancing loss": balancing}
+                check_finite(step + 1, terms, latest, env, task=run.task, saved_step=saved_step)
                 ((loss + balancing) / tp.grad_accum).backward()
                 step_loss += loss.item() / tp.grad_accum
                 step_bal += balancing.item() / tp.grad_accum
                 tokens_seen += info["tokens"] * env.world
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-            check_finite(step + 1, {"gradient norm": grad_norm}, latest, env)
+            check_finite(step + 1, {"gradient norm": grad_norm}, latest, env, task=run.task, saved_step=saved_step)
             optimizer.step()
             scheduler.step()
             model.update_balancing()

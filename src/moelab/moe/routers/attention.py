@@ -23,7 +23,7 @@ class AttentionRouter(Component, nn.Module):
         super().__init__()
         d = cfg.d_model
         self.query = nn.Linear(d, d, bias=False)
-        self.expert_embeddings = nn.Parameter(torch.empty(cfg.n_experts, d))
+        self.expert_embeddings = nn.Parameter(torch.empty(cfg.n_routed, d))
         self.scale = 1.0 / math.sqrt(d) if cfg.attention_scaled else 1.0
         self.reset_parameters(InitConfig())
 
@@ -38,4 +38,4 @@ class AttentionRouter(Component, nn.Module):
 
     @classmethod
     def flops_per_token(cls, cfg) -> float:
-        return 2.0 * cfg.d_model * cfg.d_model + 2.0 * cfg.d_model * cfg.n_experts
+        return 2.0 * cfg.d_model * cfg.d_model + 2.0 * cfg.d_model * cfg.n_routed

@@ -14,7 +14,7 @@ from . import ROUTERS
 class LinearRouter(Component, nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.proj = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.n_routed, bias=False)
         self.reset_parameters(InitConfig())
 
     def reset_parameters(self, init: InitConfig) -> None:
@@ -25,4 +25,4 @@ class LinearRouter(Component, nn.Module):
 
     @classmethod
     def flops_per_token(cls, cfg) -> float:
-        return 2.0 * cfg.d_model * cfg.n_experts
+        return 2.0 * cfg.d_model * cfg.n_routed
