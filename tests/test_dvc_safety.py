@@ -27,7 +27,7 @@ from labrepo import make_lab
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "lm/linear-softmax-top2-e8"
-STAGE = "train@lm-linear-softmax-top2-e8"
+STAGE = "study/dvc.yaml:cell@lm-linear-softmax-top2-e8"  # trains, then evaluates
 ENV = {
     **os.environ,
     "GIT_AUTHOR_NAME": "t",
@@ -106,7 +106,10 @@ def repro_until(lab: Path, sig: int, after_step: int) -> tuple[int, str]:
 
 
 def stage_lock(lab: Path, stage: str) -> dict:
-    return yaml.safe_load((lab / "dvc.lock").read_text())["stages"][stage]
+    """A stage's entry in the lock file beside its dvc.yaml ("study/dvc.yaml:cell@..." or "exp-train")."""
+    dvc_file, _, name = stage.rpartition(":")
+    lock = lab / Path(dvc_file or "dvc.yaml").with_suffix(".lock")
+    return yaml.safe_load(lock.read_text())["stages"][name]
 
 
 # ---------------------------------------------------------------- interrupted dvc repro
@@ -170,8 +173,8 @@ def test_bad_exp_value_changes_no_file(lab, value):
 @pytest.mark.parametrize(
     "key,value,stage",
     [
-        ("routers", "linear;touch marker;#", "train@lm-{}-softmax-top2-e8"),
-        ("routers", "linear';touch marker;'", "evaluate@lm-{}-softmax-top2-e8"),
+        ("routers", "linear;touch marker;#", "study/dvc.yaml:cell@lm-{}-softmax-top2-e8"),
+        ("routers", "linear';touch marker;'", "study/dvc.yaml:cell@lm-{}-softmax-top2-e8"),
     ],
 )
 def test_a_study_name_never_reaches_a_shell(lab, key, value, stage):
@@ -179,7 +182,7 @@ def test_a_study_name_never_reaches_a_shell(lab, key, value, stage):
     a value holding a quote: params.yaml must be validated before any such line runs, also when the
     stages upstream of the one with the bad name are up to date. (A bad name in tasks, gates or
     models is refused by DVC itself: it is part of a params key that then does not exist.)"""
-    sh("dvc repro prepare@lm", lab)
+    sh("dvc repro study/dvc.yaml:prepare@lm", lab)
     params = yaml.safe_load((lab / "params.yaml").read_text())
     params[key] = [value]
     (lab / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -218,7 +221,8 @@ def test_committed_dvc_lock_matches_the_code_and_params():
         timeout=300,
     )
     assert status.returncode == 0, status.stderr
-    stale = stale_stages(json.loads(status.stdout or "{}"), recorded_outputs(ROOT / "dvc.lock"))
+    produced = set().union(*(recorded_outputs(ROOT / lock) for lock in LOCKS if (ROOT / lock).is_file()))
+    stale = stale_stages(json.loads(status.stdout or "{}"), produced)
     assert not stale, (
         f"dvc.lock is stale: {len(stale)} stage(s) were not produced by the committed code and params, e.g. "
         + "; ".join(f"{name}: {', '.join(what[:4])}" for name, what in list(stale.items())[:5])
@@ -226,12 +230,17 @@ def test_committed_dvc_lock_matches_the_code_and_params():
     )
 
 
-WATCHED = ("src", "params.yaml", "dvc.yaml", "dvc.lock")
+LOCKS = ("dvc.lock", "study/dvc.lock", "fingerprints/dvc.lock", "claims/dvc.lock")  # one beside each dvc.yaml
+WATCHED = ("src", "params.yaml", "dvc.yaml", "study", "fingerprints", "claims", *LOCKS)
 
 
 def recorded_outputs(lock: Path) -> set[str]:
+    """Every output path a lock file records, as written there and relative to the repo root (a
+    stage with `wdir: ..` records paths relative to its working directory, the root)."""
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    return {out["path"] for stage in stages.values() for out in stage.get("outs", [])}
+    paths = {out["path"] for stage in stages.values() for out in stage.get("outs", [])}
+    beside = lock.parent.relative_to(ROOT) if lock.parent != ROOT and lock.is_relative_to(ROOT) else Path()
+    return paths | {os.path.normpath(beside / path) for path in paths}
 
 
 def stale_stages(status: dict, produced: set[str]) -> dict[str, list[str]]:

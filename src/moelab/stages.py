@@ -23,7 +23,8 @@ STAGE_CODE = {
     "evaluate": (*COMMAND, *PARAMS, *PREPARED, *CELL, "evaluate.py", "flops.py"),
     "cell": (*TRAIN_CODE, "evaluate.py", "flops.py", "cell.py"),  # train, then evaluate, in one process
     "bench": (*COMMAND, *PARAMS, *PREPARED, "checkpoint.py", "evaluate.py", "flops.py", *BENCH),
-    "report": (*COMMAND, *PARAMS, "report"),
+    "report": (*COMMAND, *PARAMS, "report", "stats.py"),
+    "check": (*COMMAND, *PARAMS, "config/check.py"),
 }
 
 
