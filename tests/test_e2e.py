@@ -14,6 +14,7 @@ import yaml
 from labrepo import lab_env, make_lab
 
 MACHINE = "fingerprints/dvc.yaml:machine"
+CHECK = "fingerprints/dvc.yaml:check"  # re-validates params.yaml after -S
 STUDY = "study/dvc.yaml:"  # the study's stages are addressed by their pipeline file
 # the params that name a cell and the headline metrics every experiment shows
 CELL_PARAMS = ("task", "router", "norm", "top_k", "model", "seed")
@@ -83,7 +84,7 @@ def test_a_fresh_clone_pulls_the_study_and_re_measures_only_the_benchmark(lab, t
 
 def test_exp_run_changes_only_the_experiment_and_shows_readably(lab):
     out = sh("dvc exp run -S router=attention", lab)
-    assert stages_run(out) == {MACHINE, "exp-train", "exp-evaluate"}, "the study must not re-run"
+    assert stages_run(out) == {MACHINE, CHECK, "exp-train", "exp-evaluate"}, "the study must not re-run"
     header, *rows = sh("dvc exp show --no-pager --csv", lab).strip().splitlines()
     columns = header.split(",")
     assert set(CELL_PARAMS + HEADLINE) <= set(columns) and any(",attention," in r for r in rows)

@@ -3,7 +3,7 @@
 Two queued experiments run at once, each in its own temp workspace (.dvc/tmp/exps), where the
 exp-train / exp-evaluate stages write models/exp and metrics/exp: each must succeed with its own
 metrics, `dvc exp show --csv` must list router/norm/top_k/model beside them, and the main workspace
-must be left as it was. Only `prepare@lm` is reproduced for the baseline and the experiments target
+must be left as it was. Only `study/dvc.yaml:prepare@lm` is reproduced for the baseline and the experiments target
 `exp-evaluate` (its upstream: prepare@lm, exp-train), so the study stages never run: ~40 s on 2 cores.
 """
 
@@ -57,7 +57,7 @@ def digest(repo: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Path:
     repo = make_lab(tmp_path_factory.mktemp("queue"), sh)
-    sh("dvc repro -q prepare@lm && git add -A && git commit -qm baseline", repo)
+    sh("dvc repro -q study/dvc.yaml:prepare@lm && git add -A && git commit -qm baseline", repo)
     yield repo
     subprocess.run("dvc queue stop", shell=True, cwd=repo, env=ENV, capture_output=True, timeout=60)
 
@@ -80,7 +80,7 @@ def test_two_queued_experiments_run_in_parallel_each_in_its_own_workspace(lab):
     for name in (t[1] for t in tasks):
         log = sh(f"dvc queue logs {name}", lab)
         assert "Running stage 'exp-train'" in log and "Running stage 'exp-evaluate'" in log, log
-        assert "Running stage 'train@" not in log, log
+        assert "Running stage 'study/dvc.yaml:cell@" not in log, log
 
     rows = list(csv.DictReader(io.StringIO(sh(f"dvc exp show --no-pager --csv --drop '.*' --keep '{KEEP}'", lab))))
     assert {"router", "norm", "top_k", "model"} <= set(rows[0]), rows[0].keys()

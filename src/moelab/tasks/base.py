@@ -44,7 +44,7 @@ class Metric:
 
 def prepare_hint(task: str, data_dir: Path) -> str:
     """What to run when the prepared data of `task` in `data_dir` is missing or broken."""
-    return f"run `moelab prepare --task {task} --out {data_dir}` (or `dvc repro prepare@{task}`)"
+    return f"run `moelab prepare --task {task} --out {data_dir}` (or `dvc repro study/dvc.yaml:prepare@{task}`)"
 
 
 class Task:
