@@ -10,6 +10,9 @@ start-up, imports and work (tests/labrepo.py install_shim):
     python scripts/bench_pipeline.py                      # this tree, the default study (the real numbers)
     python scripts/bench_pipeline.py --shape study        # every cell of the study, each tiny (minutes)
     python scripts/bench_pipeline.py --rev 6c99329 --rev HEAD --shape tasks   # before / after
+    python scripts/bench_pipeline.py --in-repo study     # this repository's own `dvc repro` + no-op repros
+    python scripts/bench_pipeline.py --in-repo exp       # after committing the study: the experiment, then
+                                                         # the workspace is restored (git checkout, dvc checkout)
 
 Shapes: default (params.yaml as it is), study (every cell, tiny), tasks (one tiny cell per task),
 tiny (one LM cell). Timings are only comparable on a quiet machine: the script prints the load
@@ -122,13 +125,37 @@ def measure(rev: str | None, shape: str, work: Path, noop_repeats: int) -> dict:
     return {"label": label, "study": study, "noop": noop, "exp": exp}
 
 
+def measure_in_repo(what: str, work: Path, noop_repeats: int) -> dict:
+    """The same figures for this repository's own pipeline (the study a README number comes from):
+    `study` runs `dvc repro` and the no-op repros here; `exp` runs the experiment, then puts the
+    workspace back as committed."""
+    lab = Lab(ROOT, work / "bin", work / "commands.jsonl")
+    if what == "study":
+        wall, cpu, records = lab.timed("dvc repro")
+        study = {"wall": wall, "cpu": cpu, "parts": breakdown(wall, cpu, records), "loops": train_loop_seconds(ROOT)}
+        return {
+            "label": "this repository",
+            "study": study,
+            "noop": [lab.timed("dvc repro")[:2] for _ in range(noop_repeats)],
+        }
+    wall, cpu, records = lab.timed("dvc exp run -S router=attention")
+    exp = {"wall": wall, "cpu": cpu, "parts": breakdown(wall, cpu, records), "loops": train_loop_seconds(ROOT)}
+    exp["processes"] = sum(r["total_s"] for r in records if r["phases"])
+    lab.sh("git checkout -- . && dvc checkout -q")
+    return {"label": "this repository", "exp": exp}
+
+
 def report(m: dict) -> None:
-    study, exp = m["study"], m["exp"]
     print(f"\n{m['label']}")
-    print(f"  study: {study['wall']:.1f} s wall, {study['cpu']:.1f} s CPU; training loops {study['loops']:.1f} s")
-    print_parts(study)
-    for wall, cpu in m["noop"]:
+    if "study" in m:
+        study = m["study"]
+        print(f"  study: {study['wall']:.1f} s wall, {study['cpu']:.1f} s CPU; training loops {study['loops']:.1f} s")
+        print_parts(study)
+    for wall, cpu in m.get("noop", []):
         print(f"  no-op repro: {wall:.2f} s wall, {cpu:.2f} s CPU  (target <= 3 s)")
+    if "exp" not in m:
+        return
+    exp = m["exp"]
     work = sum(exp["parts"].get(kind, (0.0, 0.0))[0] for kind in ("train", "evaluate"))
     print(
         f"  exp run -S router=attention: {exp['wall']:.1f} s wall, {exp['cpu']:.1f} s CPU; target <= "
@@ -158,10 +185,14 @@ def main() -> None:
     ap.add_argument("--shape", choices=SHAPES, default="default")
     ap.add_argument("--noop-repeats", type=int, default=3)
     ap.add_argument("--keep", action="store_true", help="keep the labs (printed) instead of deleting them")
+    ap.add_argument("--in-repo", choices=("study", "exp"), help="time this repository's own pipeline, not a lab")
     args = ap.parse_args()
     print(f"load average before: {os.getloadavg()}")
     results = []
-    for rev in args.rev or [None]:
+    if args.in_repo:
+        with tempfile.TemporaryDirectory(prefix="moelab-bench-pipeline-") as work:
+            results.append(measure_in_repo(args.in_repo, Path(work), args.noop_repeats))
+    for rev in [] if args.in_repo else args.rev or [None]:
         work = Path(tempfile.mkdtemp(prefix="moelab-bench-pipeline-"))
         try:
             results.append(measure(rev, args.shape, work, args.noop_repeats))
