@@ -12,6 +12,7 @@ DVC's own time.
 import os
 import shutil
 import stat
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,15 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {  # what every lab command runs with: a git identity, no hub downloads
+    **os.environ,
+    "GIT_AUTHOR_NAME": "t",
+    "GIT_AUTHOR_EMAIL": "t@t",
+    "GIT_COMMITTER_NAME": "t",
+    "GIT_COMMITTER_EMAIL": "t@t",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+}
 # what a lab copies from the repo besides src/ and the corpora (those that exist in the source)
 PROJECT_FILES = ("dvc.yaml", "study/dvc.yaml", "fingerprints/dvc.yaml", ".gitignore", ".dvcignore")
 
@@ -93,17 +103,16 @@ def make_lab(
 
 def lab_env(repo: Path, **extra: str) -> dict:
     """The environment a lab's commands run in: its own sources, offline hubs, a git identity."""
-    return {
-        **os.environ,
-        "PYTHONPATH": str(repo / "src"),
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        **extra,
-    }
+    return {**OFFLINE_ENV, "PYTHONPATH": str(repo / "src"), **extra}
+
+
+def lab_sh(cmd: str, cwd: Path, **env: str) -> str:
+    """Run a shell command in a lab (lab_env plus `env`); fail with its output's tail; return stdout + stderr."""
+    proc = subprocess.run(
+        cmd, shell=True, cwd=cwd, env=lab_env(cwd, **env), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
 
 
 def install_shim(bin_dir: Path) -> Path:

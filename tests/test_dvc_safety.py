@@ -23,19 +23,13 @@ import pytest
 import torch
 import yaml
 
-from labrepo import make_lab
+from labrepo import OFFLINE_ENV, make_lab
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "lm/linear-softmax-top2-e8"
 STAGE = "study/dvc.yaml:cell@lm-linear-softmax-top2-e8"  # trains, then evaluates
 ENV = {
-    **os.environ,
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@t",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@t",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
+    **OFFLINE_ENV,
     "OMP_NUM_THREADS": "1",
     "PYTHONUNBUFFERED": "1",
 }

@@ -5,13 +5,12 @@ pulls and re-measures only what depends on the machine), `dvc exp run -S router=
 import json
 import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from labrepo import lab_env, make_lab
+from labrepo import lab_sh, make_lab
 
 MACHINE = "fingerprints/dvc.yaml:machine"
 CHECK = "fingerprints/dvc.yaml:check"  # re-validates params.yaml after -S
@@ -22,12 +21,7 @@ HEADLINE = ("test_ppl", "flops_per_token", "experts_per_token", "load_cv", "wall
 pytestmark = pytest.mark.slow  # each test runs dvc in a throwaway lab
 
 
-def sh(cmd: str, cwd: Path, **env: str) -> str:
-    proc = subprocess.run(
-        cmd, shell=True, cwd=cwd, env=lab_env(cwd, **env), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
+sh = lab_sh  # run a command in the lab
 
 
 def stages_run(output: str) -> set[str]:

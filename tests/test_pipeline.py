@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labrepo import install_shim, lab_env, make_lab, tiny_tasks
+from labrepo import install_shim, lab_env, lab_sh, make_lab, tiny_tasks
 from moelab.provenance import TRAIN_CODE, code_files
 from moelab.stages import STAGE_CODE
 
@@ -26,12 +26,7 @@ CODE_DEP = "fingerprints/code/"
 MACHINE = "fingerprints/dvc.yaml:machine"
 
 
-def sh(cmd: str, cwd: Path, **env: str) -> str:
-    proc = subprocess.run(
-        cmd, shell=True, cwd=cwd, env=lab_env(cwd, **env), capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
+sh = lab_sh  # run a command in the lab
 
 
 def changed_stages(repo: Path) -> set[str]:

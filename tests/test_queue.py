@@ -10,7 +10,6 @@ must be left as it was. Only `study/dvc.yaml:prepare@lm` is reproduced for the b
 import csv
 import hashlib
 import io
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -18,16 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labrepo import make_lab
+from labrepo import OFFLINE_ENV, make_lab
 
 ENV = {
-    **os.environ,
-    "GIT_AUTHOR_NAME": "t",
-    "GIT_AUTHOR_EMAIL": "t@t",
-    "GIT_COMMITTER_NAME": "t",
-    "GIT_COMMITTER_EMAIL": "t@t",
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
+    **OFFLINE_ENV,
     "OMP_NUM_THREADS": "1",
 }  # two trainings share the cores: no thread oversubscription
 # --keep / --drop regexes are matched from the start of the column name (re.match)

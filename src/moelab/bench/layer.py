@@ -168,14 +168,16 @@ def _time_contender(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, lb: 
 
 
 def targets(rows: list[dict]) -> list[dict]:
-    """The targets, measured: moelab fwd+bwd / dense <= 1.15 from 16k tokens and <= 1.4 below, and
-    moelab top-1 faster than hf-switch (same weights) at every token count."""
+    """The targets (issue 12, item 8), measured: moelab fwd+bwd / dense of equal active FLOPs <= 1.08
+    from 16k tokens and <= 1.4 below; moelab top-1 at least 1.5x (16k tokens) / 2x (below) as fast as
+    hf-switch with the same weights."""
     out = []
     tokens = sorted({r["tokens"] for r in rows})
     by = {(r["tokens"], r["top_k"], r["impl"]): r for r in rows}
     top_k = max(r["top_k"] for r in rows)
     for n in tokens:
-        bound = 1.15 if n >= 16384 else 1.4  # the targets are set at 16k and at 512 tokens
+        large = n >= 16384  # the targets are set at 16k and at 512 tokens
+        bound, min_speedup = (1.08, 1.5) if large else (1.4, 2.0)
         ratio = by[(n, top_k, "moelab")]["fwd_bwd_ratio"]
         out.append(
             {
@@ -188,9 +190,9 @@ def targets(rows: list[dict]) -> list[dict]:
             speedup = by[(n, 1, "hf-switch")]["fwd_bwd_ms"] / by[(n, 1, "moelab")]["fwd_bwd_ms"]
             out.append(
                 {
-                    "target": f"moelab faster than hf-switch (top-1, fwd+bwd), {n} tokens",
+                    "target": f"moelab speed-up over hf-switch (top-1, fwd+bwd), {n} tokens >= {min_speedup}",
                     "value": speedup,
-                    "met": speedup > 1.0,
+                    "met": speedup >= min_speedup,
                 }
             )
     return out

@@ -26,7 +26,9 @@ def add_arguments(p) -> None:
     run.add_argument("--quick", action="store_true", help="the `quick` profile: a smoke test (2 seeds, 2 steps)")
     run.add_argument("--jobs", type=int, default=0, help="runs at a time, one thread each (0: one per CPU core)")
     run.add_argument("--base-params", default=DEFAULTS["base_params"], help="the root params every cell overrides")
-    run.add_argument("--data-dir", default="data/prepared/lm", help="prepared LM data (dvc repro study/dvc.yaml:prepare@lm)")
+    run.add_argument(
+        "--data-dir", default="data/prepared/lm", help="prepared LM data (dvc repro study/dvc.yaml:prepare@lm)"
+    )
     run.add_argument(
         "--models-dir", default="claims/models", help="checkpoints, shared by claims: <dir>/<variant>-<hash>/s<seed>"
     )
