@@ -70,6 +70,21 @@ class Lab:
         records = [json.loads(line) for line in self.log.read_text().splitlines()]
         return wall, children_cpu() - cpu, records
 
+    def measured(self, cmd: str) -> dict:
+        """`cmd` timed: wall and CPU s, where they went, the training loops' own seconds, and the whole
+        process time of the commands that trained or evaluated."""
+        wall, cpu, records = self.timed(cmd)
+        return {
+            "wall": wall,
+            "cpu": cpu,
+            "parts": breakdown(wall, cpu, records),
+            "loops": train_loop_seconds(self.repo),
+            "processes": sum(r["total_s"] for r in records if r["phases"]),
+        }
+
+    def noop_repros(self, repeats: int) -> list[tuple[float, float]]:
+        return [self.timed("dvc repro")[:2] for _ in range(repeats)]
+
 
 def source_tree(rev: str | None, into: Path) -> Path:
     """The working tree itself, or a checkout of `rev` (git archive) under `into`."""
@@ -110,19 +125,17 @@ def train_loop_seconds(repo: Path) -> float:
     return sum(json.loads(f.read_text())["wall_s"] for f in files if f.is_file() and ".meta." not in f.name)
 
 
+EXPERIMENT = "dvc exp run -S router=attention"
+
+
 def measure(rev: str | None, shape: str, work: Path, noop_repeats: int) -> dict:
     label = rev or "working tree"
     repo = make_lab(work / "lab", run_quietly, SHAPES[shape], source_tree(rev, work / "source"))
     lab = Lab(repo, work / "bin", work / "commands.jsonl")
     print(f"\n== {label} ({shape}): lab {repo}", flush=True)
-    wall, cpu, records = lab.timed("dvc repro")
-    study = {"wall": wall, "cpu": cpu, "parts": breakdown(wall, cpu, records), "loops": train_loop_seconds(repo)}
+    study = lab.measured("dvc repro")
     lab.sh("git add -A && git commit -qm study")
-    noop = [lab.timed("dvc repro")[:2] for _ in range(noop_repeats)]
-    wall, cpu, records = lab.timed("dvc exp run -S router=attention")
-    exp = {"wall": wall, "cpu": cpu, "parts": breakdown(wall, cpu, records), "loops": train_loop_seconds(repo)}
-    exp["processes"] = sum(r["total_s"] for r in records if r["phases"])
-    return {"label": label, "study": study, "noop": noop, "exp": exp}
+    return {"label": label, "study": study, "noop": lab.noop_repros(noop_repeats), "exp": lab.measured(EXPERIMENT)}
 
 
 def measure_in_repo(what: str, work: Path, noop_repeats: int) -> dict:
@@ -131,16 +144,8 @@ def measure_in_repo(what: str, work: Path, noop_repeats: int) -> dict:
     workspace back as committed."""
     lab = Lab(ROOT, work / "bin", work / "commands.jsonl")
     if what == "study":
-        wall, cpu, records = lab.timed("dvc repro")
-        study = {"wall": wall, "cpu": cpu, "parts": breakdown(wall, cpu, records), "loops": train_loop_seconds(ROOT)}
-        return {
-            "label": "this repository",
-            "study": study,
-            "noop": [lab.timed("dvc repro")[:2] for _ in range(noop_repeats)],
-        }
-    wall, cpu, records = lab.timed("dvc exp run -S router=attention")
-    exp = {"wall": wall, "cpu": cpu, "parts": breakdown(wall, cpu, records), "loops": train_loop_seconds(ROOT)}
-    exp["processes"] = sum(r["total_s"] for r in records if r["phases"])
+        return {"label": "this repository", "study": lab.measured("dvc repro"), "noop": lab.noop_repros(noop_repeats)}
+    exp = lab.measured(EXPERIMENT)
     lab.sh("git checkout -- . && dvc checkout -q")
     return {"label": "this repository", "exp": exp}
 
