@@ -30,7 +30,7 @@ OFFLINE_ENV = {  # what every lab command runs with: a git identity, no hub down
     "HF_DATASETS_OFFLINE": "1",
 }
 # what a lab copies from the repo besides src/ and the corpora (those that exist in the source)
-PROJECT_FILES = ("dvc.yaml", "study/dvc.yaml", "fingerprints/dvc.yaml", ".gitignore", ".dvcignore")
+PROJECT_FILES = ("dvc.yaml", "study/dvc.yaml", "fingerprints/dvc.yaml", "layer/dvc.yaml", ".gitignore", ".dvcignore")
 
 TINY_TASKS = {  # each task's data / evaluate shrunk to seconds (train is shrunk alike for every task)
     "lm": dict(

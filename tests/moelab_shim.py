@@ -1,7 +1,8 @@
 """`moelab`, recording what the command imported and where its time went: one JSON line appended to
 $MOELAB_SHIM_LOG per command (tests/labrepo.py install_shim puts it first on PATH). The real
-moelab.cli.main runs unchanged; the import machinery is timed, and so are the `run` functions of
-training and evaluation (`moelab cell` calls both), less the imports they trigger."""
+moelab.cli.main runs unchanged; the import machinery is timed, and so are the functions that train
+and evaluate one run (every command that trains or evaluates calls them), less the imports they
+trigger."""
 
 import importlib._bootstrap as bootstrap
 import json
@@ -14,7 +15,7 @@ with open("/proc/self/stat") as f:  # field 22: the process's start, in clock ti
     process_start = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
 find_and_load = bootstrap._find_and_load
 nesting, import_s, import_cpu = 0, 0.0, 0.0
-PHASES = {"moelab.train.cli": "train", "moelab.evaluate": "evaluate"}  # module whose run() is the phase
+PHASES = {"moelab.train.loop": "train", "moelab.evaluate": "evaluate"}  # module: the function that is the phase
 phases = {}  # phase: [wall s, CPU s], imports excluded
 
 
@@ -31,21 +32,21 @@ def timed_find_and_load(name, import_):
             import_s += time.perf_counter() - start
             import_cpu += time.process_time() - cpu
     if name in PHASES:
-        module.run = timed_phase(module.run, PHASES[name])
+        setattr(module, PHASES[name], timed_phase(getattr(module, PHASES[name]), PHASES[name]))
     return module
 
 
-def timed_phase(run, phase):
-    def timed_run(args):
+def timed_phase(work, phase):
+    def timed_work(*args, **kwargs):
         start, cpu, imports = time.perf_counter(), time.process_time(), (import_s, import_cpu)
         try:
-            return run(args)
+            return work(*args, **kwargs)
         finally:
             spent = phases.setdefault(phase, [0.0, 0.0])
             spent[0] += time.perf_counter() - start - (import_s - imports[0])
             spent[1] += time.process_time() - cpu - (import_cpu - imports[1])
 
-    return timed_run
+    return timed_work
 
 
 bootstrap._find_and_load = timed_find_and_load

@@ -26,8 +26,8 @@ import yaml
 from labrepo import OFFLINE_ENV, make_lab
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANT = "lm/linear-softmax-top2-e8"
-STAGE = "study/dvc.yaml:cell@lm-linear-softmax-top2-e8"  # trains, then evaluates
+VARIANT = "lm/linear-softmax-top2-e8"  # the lab's one MoE variant (and lm/dense)
+STAGE = "study/dvc.yaml:task@lm"  # trains, then evaluates, every variant of the task
 ENV = {
     **OFFLINE_ENV,
     "OMP_NUM_THREADS": "1",
@@ -100,7 +100,7 @@ def repro_until(lab: Path, sig: int, after_step: int) -> tuple[int, str]:
 
 
 def stage_lock(lab: Path, stage: str) -> dict:
-    """A stage's entry in the lock file beside its dvc.yaml ("study/dvc.yaml:cell@..." or "exp-train")."""
+    """A stage's entry in the lock file beside its dvc.yaml ("study/dvc.yaml:task@lm" or "exp")."""
     dvc_file, _, name = stage.rpartition(":")
     lock = lab / Path(dvc_file or "dvc.yaml").with_suffix(".lock")
     return yaml.safe_load(lock.read_text())["stages"][name]
@@ -130,17 +130,19 @@ def test_changed_config_starts_fresh_and_dvc_caches_only_the_final_outputs(lab):
     old = (lab / "models" / VARIANT / "s0" / "latest.pt").read_bytes()
     set_train(lab, steps=20, checkpoint_every=10, eval_every=10, lr=0.002)
     out = sh(f"dvc repro {STAGE}", lab)
-    fresh = [line for line in out.splitlines() if "started fresh" in line]
+    fresh = [line for line in out.splitlines() if "started fresh" in line and f"models/{VARIANT}/" in line]
     assert len(fresh) == 1 and "another configuration" in fresh[0] and "in the checkpoint vs" in fresh[0], out
     assert f"models/{VARIANT}/.s0.previous" in fresh[0], out
     train = json.loads((lab / "metrics" / "study" / VARIANT / "train" / "s0.json").read_text())
     assert train["resumed_from_step"] == 0 and train["steps"] == 20
     assert (lab / "models" / VARIANT / ".s0.previous" / "latest.pt").read_bytes() == old  # moved aside, not lost
 
-    (models,) = [o for o in stage_lock(lab, STAGE)["outs"] if o["path"] == f"models/{VARIANT}"]
+    (models,) = [o for o in stage_lock(lab, STAGE)["outs"] if o["path"] == "models/lm"]
     manifest = lab / ".dvc" / "cache" / "files" / "md5" / models["md5"][:2] / models["md5"][2:]
     cached = {entry["relpath"] for entry in json.loads(manifest.read_text())}
-    assert cached == {"s0/latest.pt", "s0/best.pt"}, "DVC cached moelab's lock or the moved-aside run"
+    variants = ("linear-softmax-top2-e8", "dense")
+    runs = {f"{v}/s0/{checkpoint}" for v in variants for checkpoint in ("latest.pt", "best.pt")}
+    assert cached == runs, "DVC cached moelab's lock or a moved-aside run"
     assert "up to date" in sh(f"dvc status {STAGE}", lab)
     changed = sh("git status --porcelain --untracked-files=all", lab).splitlines()
     assert not [line for line in changed if ".previous/" in line or line.endswith("/.lock")], changed
@@ -153,29 +155,46 @@ def test_bad_exp_value_changes_no_file(lab, value):
     (DVC removes a stage's outputs before running it unless they persist). The experiment's stages
     are targeted so that the stage the value belongs to is the one that runs."""
     set_train(lab, steps=6, checkpoint_every=3, eval_every=3, lr=0.003)
-    sh("dvc repro exp-evaluate && git add -A && git commit -qm exp --allow-empty", lab)
+    sh("dvc repro exp && git add -A && git commit -qm exp --allow-empty", lab)
     before = outputs(lab)
     assert any(k.startswith("models/exp/") for k in before) and "metrics/exp/train.meta.json" in before
-    r = run(["dvc", "exp", "run", "-S", value, "exp-evaluate"], lab, check=False)
+    r = run(["dvc", "exp", "run", "-S", value, "exp"], lab, check=False)
     key = value.split("=")[0]
     assert r.returncode != 0 and f"error: params.yaml: {key} = " in r.stdout + r.stderr, r.stdout + r.stderr
     sh("git checkout -- params.yaml dvc.lock", lab)  # a failed workspace experiment leaves params.yaml edited
     assert outputs(lab) == before
 
 
+EXPERIMENT_KEYS = {"task", "router", "norm", "top_k", "model", "seed"}  # what `dvc exp run -S` changes
+
+
+def test_the_check_covers_every_key_but_the_experiments_and_the_experiment_loses_no_output():
+    """The params check (run before any stage that reads what it validates) depends on every
+    top-level key of params.yaml but the experiment's own, so `dvc exp run -S router=...` does not
+    pay for it; the `exp` stage validates those keys itself, before it writes anything, and DVC
+    removes none of its outputs first because every one of them persists."""
+    check = yaml.safe_load((ROOT / "fingerprints" / "dvc.yaml").read_text())["stages"]["check"]
+    keys = set(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert set(check["params"]) == keys - EXPERIMENT_KEYS
+    exp = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["exp"]
+    assert set(exp["params"]) >= EXPERIMENT_KEYS
+    outputs = [entry for kind in ("outs", "metrics", "plots") for entry in exp[kind]]
+    assert all(opts.get("persist") for entry in outputs for opts in entry.values()), outputs
+
+
 # ---------------------------------------------------------------- shell injection through a study name
 @pytest.mark.parametrize(
     "key,value,stage",
     [
-        ("routers", "linear;touch marker;#", "study/dvc.yaml:cell@lm-{}-softmax-top2-e8"),
-        ("routers", "linear';touch marker;'", "study/dvc.yaml:cell@lm-{}-softmax-top2-e8"),
+        ("routers", "linear;touch marker;#", "study/dvc.yaml:task@lm"),
+        ("routers", "linear';touch marker;'", "study/dvc.yaml:task@lm"),
     ],
 )
 def test_a_study_name_never_reaches_a_shell(lab, key, value, stage):
-    """A study list value is pasted into a stage's shell command by DVC. Quoting alone does not stop
-    a value holding a quote: params.yaml must be validated before any such line runs, also when the
-    stages upstream of the one with the bad name are up to date. (A bad name in tasks, gates or
-    models is refused by DVC itself: it is part of a params key that then does not exist.)"""
+    """A study list value holding shell syntax never runs: the study's stage pastes no router, gate or
+    model name into its command (it reads them from params.yaml), and params.yaml is validated before
+    the stage runs, also when the stages upstream of it are up to date. (The one pasted value, a task
+    name, is refused by DVC itself unless it is a key of params.yaml.)"""
     sh("dvc repro study/dvc.yaml:prepare@lm", lab)
     params = yaml.safe_load((lab / "params.yaml").read_text())
     params[key] = [value]

@@ -1,10 +1,10 @@
 """Parallel DVC experiments: `dvc exp run --queue` + `dvc queue start -j 2` in a fresh git repo.
 
 Two queued experiments run at once, each in its own temp workspace (.dvc/tmp/exps), where the
-exp-train / exp-evaluate stages write models/exp and metrics/exp: each must succeed with its own
+`exp` stage writes models/exp and metrics/exp: each must succeed with its own
 metrics, `dvc exp show --csv` must list router/norm/top_k/model beside them, and the main workspace
 must be left as it was. Only `study/dvc.yaml:prepare@lm` is reproduced for the baseline and the experiments target
-`exp-evaluate` (its upstream: prepare@lm, exp-train), so the study stages never run: ~40 s on 2 cores.
+`exp` (its upstream: prepare@lm and the fingerprints), so the study stages never run: ~40 s on 2 cores.
 """
 
 import csv
@@ -57,7 +57,7 @@ def lab(tmp_path_factory) -> Path:
 
 def test_two_queued_experiments_run_in_parallel_each_in_its_own_workspace(lab):
     before = digest(lab)
-    out = sh("dvc exp run --queue exp-evaluate -S 'router=linear,attention' -S top_k=1", lab)
+    out = sh("dvc exp run --queue exp -S 'router=linear,attention' -S top_k=1", lab)
     assert out.count("Queued experiment") == 2, out
     assert "Started '2' new experiments task queue workers" in sh("dvc queue start -j 2", lab)
     deadline = time.time() + 240
@@ -72,8 +72,8 @@ def test_two_queued_experiments_run_in_parallel_each_in_its_own_workspace(lab):
     assert len(tasks) == 2 and all(t[-1] == "Success" for t in tasks), status
     for name in (t[1] for t in tasks):
         log = sh(f"dvc queue logs {name}", lab)
-        assert "Running stage 'exp-train'" in log and "Running stage 'exp-evaluate'" in log, log
-        assert "Running stage 'study/dvc.yaml:cell@" not in log, log
+        assert "Running stage 'exp'" in log, log
+        assert "Running stage 'study/dvc.yaml:task@" not in log, log
 
     rows = list(csv.DictReader(io.StringIO(sh(f"dvc exp show --no-pager --csv --drop '.*' --keep '{KEEP}'", lab))))
     assert {"router", "norm", "top_k", "model"} <= set(rows[0]), rows[0].keys()

@@ -14,20 +14,24 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    from .config import load_params, resolve_run
+    from .config import load_params
+
+    params = load_params(args.params)
+    write_references(params, args.task, args.data_dir or f"data/prepared/{args.task}", args.out)
+
+
+def write_references(params, task_name: str, data_dir: str | Path, out: str | Path) -> None:
+    """Score the task's references on its evaluation data and write them to `out` (+ provenance)."""
+    from .config import resolve_run
     from .io import write_metrics
     from .tasks import build_task
 
-    params = load_params(args.params)
-    run_cfg = resolve_run(params, task=args.task, dense=True)  # any run of the task: data + evaluate params
-    task = build_task(run_cfg, Path(args.data_dir or f"data/prepared/{args.task}"))
+    run_cfg = resolve_run(params, task=task_name, dense=True)  # any run of the task: data + evaluate params
+    task = build_task(run_cfg, Path(data_dir))
     task.check_data()
     refs = task.references()
-    write_metrics(
-        args.out,
-        refs,
-        {"task": args.task, "data": run_cfg.to_dict()["data"], "evaluate": run_cfg.to_dict()["evaluate"]},
-    )
+    config = run_cfg.to_dict()
+    write_metrics(out, refs, {"task": task_name, "data": config["data"], "evaluate": config["evaluate"]})
     for name, values in refs.items():
         shown = {k: round(v, 4) for k, v in values.items() if k.startswith("test_") and isinstance(v, float)}
-        print(f"reference {args.task}/{name}: {shown}")
+        print(f"reference {task_name}/{name}: {shown}")

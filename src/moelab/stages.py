@@ -15,13 +15,14 @@ from .provenance import CELL, COMMAND, PARAMS, PREPARED, TRAIN_CODE, code_files,
 
 BENCH = ("bench/__init__.py", "bench/cli.py", "bench/models.py", "bench/layer.py")  # not single.py (one variant)
 
+# what a run's evaluation depends on (cell.py stamps every evaluation with its hash)
+EVALUATE_CODE = (*COMMAND, *PARAMS, *PREPARED, *CELL, "evaluate.py", "flops.py")
+
 # stage kind: package-relative paths of the code its command imports
 STAGE_CODE = {
     "prepare": (*COMMAND, *PARAMS, "data", "locking.py"),
-    "reference": (*COMMAND, *PARAMS, *PREPARED, "reference.py"),
-    "train": TRAIN_CODE,  # also hashed into every checkpoint
-    "evaluate": (*COMMAND, *PARAMS, *PREPARED, *CELL, "evaluate.py", "flops.py"),
-    "cell": (*TRAIN_CODE, "evaluate.py", "flops.py", "cell.py"),  # train, then evaluate, in one process
+    # train, then evaluate: one run (the experiment) or, with the references, a task's whole study
+    "cell": (*TRAIN_CODE, "evaluate.py", "flops.py", "cell.py", "study.py", "reference.py", "stages.py"),
     "bench": (*COMMAND, *PARAMS, *PREPARED, "checkpoint.py", "evaluate.py", "flops.py", *BENCH),
     "report": (*COMMAND, *PARAMS, "report", "stats.py"),
     "check": (*COMMAND, *PARAMS, "config/check.py"),
@@ -38,10 +39,14 @@ def run(args) -> None:
     from .io import atomic_write_text
     from .provenance import PACKAGE
 
+    out = Path(args.out)
+    for stale in out.glob("*.json") if out.is_dir() else []:  # a kind no stage has any more
+        if stale.stem not in STAGE_CODE:
+            stale.unlink()
     for kind, parts in STAGE_CODE.items():
         files = [str(f.relative_to(PACKAGE)) for f in code_files(parts)]
         text = json.dumps({"code": code_hash(parts), "files": files}, indent=2) + "\n"
-        path = Path(args.out) / f"{kind}.json"
+        path = out / f"{kind}.json"
         if not path.exists() or path.read_text() != text:  # unchanged code: the file is not touched
             atomic_write_text(path, text)
         print(f"code of {kind}: {code_hash(parts)} ({len(files)} files)")
