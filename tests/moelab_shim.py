@@ -31,8 +31,9 @@ def timed_find_and_load(name, import_):
         if not nesting:
             import_s += time.perf_counter() - start
             import_cpu += time.process_time() - cpu
-    if name in PHASES:
-        setattr(module, PHASES[name], timed_phase(getattr(module, PHASES[name]), PHASES[name]))
+    work = getattr(module, PHASES.get(name, ""), None)
+    if work is not None and not hasattr(work, "phase"):  # once: importlib may load a module's name again
+        setattr(module, PHASES[name], timed_phase(work, PHASES[name]))
     return module
 
 
@@ -46,6 +47,7 @@ def timed_phase(work, phase):
             spent[0] += time.perf_counter() - start - (import_s - imports[0])
             spent[1] += time.process_time() - cpu - (import_cpu - imports[1])
 
+    timed_work.phase = phase
     return timed_work
 
 

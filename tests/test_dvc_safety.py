@@ -243,8 +243,9 @@ def test_committed_dvc_lock_matches_the_code_and_params():
     )
 
 
-LOCKS = ("dvc.lock", "study/dvc.lock", "fingerprints/dvc.lock", "claims/dvc.lock")  # one beside each dvc.yaml
-WATCHED = ("src", "params.yaml", "dvc.yaml", "study", "fingerprints", "claims", *LOCKS)
+# one beside each dvc.yaml
+LOCKS = ("dvc.lock", "study/dvc.lock", "fingerprints/dvc.lock", "layer/dvc.lock", "claims/dvc.lock")
+WATCHED = ("src", "params.yaml", "dvc.yaml", "study", "fingerprints", "layer", "claims", *LOCKS)
 
 
 def recorded_outputs(lock: Path) -> set[str]:
