@@ -72,11 +72,13 @@ class Paths:
 def run_variant(runs, models_dir: Path, metrics_dir: Path, data_dir: str | None, many: bool, progress: bool) -> None:
     """Train every run of `runs` (the seeds of one variant), then evaluate each."""
     from .evaluate import evaluate
+    from .io import write_json
     from .train.loop import train
 
     paths = [Paths(models_dir, metrics_dir, r.seed, many) for r in runs]
+    data_dir = data_dir or f"data/prepared/{runs[0].task}"  # the seeds of one variant share a task
     for run_cfg, p in zip(runs, paths):
-        metrics = train(run_cfg, data_dir or f"data/prepared/{run_cfg.task}", p.models, p.train, p.live, progress)
+        metrics = train(run_cfg, data_dir, p.models, p.train, p.live, progress)
         print(
             f"trained {run_cfg.task}/{run_cfg.name}/s{run_cfg.seed}: best val loss "
             f"{metrics['best_val_loss']:.4f} in {metrics['wall_s']:.1f}s"
@@ -86,8 +88,8 @@ def run_variant(runs, models_dir: Path, metrics_dir: Path, data_dir: str | None,
         if skip_evaluated(p, stamp):
             print(f"evaluated {run_cfg.task}/{run_cfg.name}/s{run_cfg.seed}: up to date ({p.eval})")
             continue
-        m = evaluate(run_cfg, data_dir or f"data/prepared/{run_cfg.task}", p.models, p.eval, p.samples, progress)
-        write_stamp(p.stamp, stamp)
+        m = evaluate(run_cfg, data_dir, p.models, p.eval, p.samples, progress)
+        write_json(p.stamp, stamp)
         headline = {k: round(v, 4) for k, v in m.items() if k.startswith("test_") and isinstance(v, float)}
         print(f"evaluated {run_cfg.task}/{run_cfg.name}/s{run_cfg.seed}: {headline}")
 
@@ -122,9 +124,3 @@ def skip_evaluated(p: Paths, stamp: dict) -> bool:
         return json.loads(p.stamp.read_text()) == stamp
     except ValueError:  # a stamp cut short: evaluate again
         return False
-
-
-def write_stamp(path: Path, stamp: dict) -> None:
-    from .io import write_json
-
-    write_json(path, stamp)

@@ -40,7 +40,7 @@ def run(args) -> None:
     from .provenance import PACKAGE
 
     out = Path(args.out)
-    for stale in out.glob("*.json") if out.is_dir() else []:  # a kind no stage has any more
+    for stale in out.glob("*.json"):  # a kind no stage has any more (none when out does not exist yet)
         if stale.stem not in STAGE_CODE:
             stale.unlink()
     for kind, parts in STAGE_CODE.items():
