@@ -14,9 +14,10 @@ h a context of k-1 tokens, hw the k-gram h followed by w, h' = h without its fir
                 P_k(w | h) = P_{k-1}(w | h')                                 if T_k(h) = 0 (h never seen)
 
 The back-off weight is gamma(h) = D_k N_k(h) / T_k(h). Every nonzero count is >= 1 >= D_k > 0, so
-sum_w P_k(w | h) = ((T - D N) + D N) / T = 1 for every h, and P(w | h) >= (D_1 N_1 / T_1) / V > 0 for
-every token, seen or not. D_k = 1/2 when a level has no singletons (n1 = 0: the estimate would be 0 and
-unseen tokens would get probability 0) is KenLM's --discount_fallback value for counts of one.
+sum_w P_k(w | h) = ((T - D N) + D N) / T = 1 for every h; and P_k(w | h) >= gamma(h) P_{k-1}(w | h') with
+gamma(h) > 0 and P_0 = 1/V, so every token, seen or not, has probability > 0. D_k = 1/2 when a level has
+no singletons (n1 = 0: the estimate would be 0 and unseen tokens would get probability 0) is KenLM's
+--discount_fallback value for counts of one.
 
 The training stream is one sequence (documents joined by a separator, an ordinary token): its first
 k-gram has no left neighbour and so adds no continuation count. A scored position with m < n-1
@@ -175,9 +176,7 @@ class KneserNey:
     def distribution(self, context) -> np.ndarray:
         """[V] P(w | context) for every token w, from the last order-1 tokens of context (may be empty)."""
         self._require_fitted("distribution")
-        context = np.asarray(context, dtype=np.int64)
-        if len(context):
-            context = self._check_ids(context, "distribution")
+        context = self._check_ids(context, "distribution") if len(context) else np.zeros(0, dtype=np.int64)
         context = context[max(0, len(context) - (self.order - 1)) :]
         tokens = np.arange(self.vocab_size, dtype=np.int64)
         level_keys = []
