@@ -1,22 +1,23 @@
 """The report stage's figures (PNG, matplotlib Agg), one set per task under plots/:
 
-  <task>_loss_curves.png      training (smoothed) and validation loss per variant; a panel per model size
+  <task>_loss_curves.png      training (smoothed) and validation loss per variant, mean over its runs; a
+                              panel per model size
   <task>_quality_flops.png    each quality metric of the task vs realised FLOPs/token: the references as
-                              horizontal lines, 95% CI bars when n > 1, the Pareto front of the ranked
-                              models (those worse than a trivial reference are hollow and never on it)
-  <task>_expert_load.png      share of tokens per expert (layers x experts heatmap) for every MoE variant
+                              horizontal lines, 95% CI bars when n > 1; no Pareto front (see quality_flops)
+  <task>_expert_load.png      share of tokens per expert, experts sorted by load within each run, the sorted
+                              profiles averaged over runs (layers x load rank) for every MoE variant
   <task>_experts_per_token.png  how many experts each token used, variants with a sparse normaliser
 
 Every figure is always written (a short message figure when its data is missing) so the stage's
-declared outputs exist. Inputs: the TaskReports of data.py and, per seed, the routing detail
-(eval/s<seed>.routing.json) and DVCLive curves (train/live/s<seed>/plots/metrics).
+declared outputs exist. Inputs: the TaskReports of data.py: every requested run's routing detail
+(eval/s<seed>.routing.json) and DVCLive curves (study.run_paths(...).live / plots/metrics), flagged
+runs included (a dead expert is what the expert-load figure is for).
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -25,26 +26,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..io import read_json  # noqa: E402
-from .data import DENSE, TaskReport, normaliser_sparse, run_config, seed_files, size_order  # noqa: E402
+from ..study import Variant  # noqa: E402
+from .data import Run, TaskReport, layer_label  # noqa: E402
 
 FIGURES = ("loss_curves", "quality_flops", "expert_load", "experts_per_token")
+DENSE_COLOUR = (0.0, 0.0, 0.0, 1.0)
 
 
-def write_plots(metrics_dir: Path, plots_dir: Path, reports: dict[str, TaskReport]) -> list[Path]:
+def write_plots(reports: dict[str, TaskReport], plots_dir: Path) -> list[Path]:
     """Write every figure of every task in `reports`; returns the paths written."""
     plots_dir.mkdir(parents=True, exist_ok=True)
-    runs = load_runs(metrics_dir)
     written = []
     for task, report in reports.items():
-        task_runs = runs.get(task, [])
-        for name, fn, data in (
-            ("loss_curves", loss_curves, task_runs),
-            ("quality_flops", quality_flops, report),
-            ("expert_load", expert_load, task_runs),
-            ("experts_per_token", experts_per_token, task_runs),
+        for name, fn in (
+            ("loss_curves", loss_curves),
+            ("quality_flops", quality_flops),
+            ("expert_load", expert_load),
+            ("experts_per_token", experts_per_token),
         ):
-            fig = fn(task, data)
+            fig = fn(report)
             path = plots_dir / f"{task}_{name}.png"
             fig.savefig(path, dpi=110, bbox_inches="tight")
             plt.close(fig)
@@ -53,31 +53,6 @@ def write_plots(metrics_dir: Path, plots_dir: Path, reports: dict[str, TaskRepor
 
 
 # ------------------------------------------------------------------ inputs
-def load_runs(metrics_dir: Path) -> dict:
-    """{task: [run]}; run: gating, size, seed, norm, eval (dict), train/val loss curves ({step: loss})."""
-    runs: dict = defaultdict(list)
-    for eval_path in seed_files(Path(metrics_dir), "eval"):
-        config = run_config(eval_path)
-        if not (config.get("task") and config.get("gating") and config.get("preset")):
-            continue
-        ev = read_json(eval_path)
-        routing = eval_path.with_name(f"{eval_path.stem}.routing.json")
-        ev["layers"] = read_json(routing).get("layers", []) if routing.exists() else []
-        live = eval_path.parent.parent / "train" / "live" / eval_path.stem / "plots" / "metrics"
-        runs[config["task"]].append(
-            {
-                "gating": config["gating"],
-                "size": config["preset"],
-                "seed": config.get("seed"),
-                "sparse": normaliser_sparse(config) is True,
-                "eval": ev,
-                "train": read_tsv(live / "train" / "loss.tsv"),
-                "val": read_tsv(live / "val" / "loss.tsv"),
-            }
-        )
-    return runs
-
-
 def read_tsv(path: Path) -> dict[int, float]:
     if not path.exists():
         return {}
@@ -87,17 +62,27 @@ def read_tsv(path: Path) -> dict[int, float]:
     return {int(r["step"]): float(r[key]) for r in rows if key and r.get(key) not in (None, "")}
 
 
-def _colours(gatings: list[str]) -> dict[str, tuple]:
+def curves(run: Run) -> tuple[dict[int, float], dict[int, float]]:
+    """(training, validation) loss of one run from its DVCLive directory ({} where not logged)."""
+    metrics = run.live / "plots" / "metrics"
+    return read_tsv(metrics / "train" / "loss.tsv"), read_tsv(metrics / "val" / "loss.tsv")
+
+
+def _colours(variants: list[Variant]) -> dict[str, tuple]:
+    """One colour per gating (router-gate), shared by its sizes; the dense baseline black."""
     cmap = plt.get_cmap("tab10")
-    moe = [g for g in gatings if g != DENSE]
-    out = {g: cmap(i % 10) for i, g in enumerate(moe)}
-    out[DENSE] = (0.0, 0.0, 0.0, 1.0)
-    return out
+    gatings = list(dict.fromkeys(_gating(v) for v in variants if not v.dense))
+    return {g: cmap(i % 10) for i, g in enumerate(gatings)} | {"dense": DENSE_COLOUR}
 
 
-def _sizes(runs: list[dict]) -> list[str]:
-    sizes = sorted({r["size"] for r in runs if r["gating"] != DENSE}) or sorted({r["size"] for r in runs})
-    return sorted(sizes, key=size_order)
+def _gating(variant: Variant) -> str:
+    return "dense" if variant.dense else f"{variant.router}-{variant.gate}"
+
+
+def _sizes(report: TaskReport) -> list[str]:
+    return list(dict.fromkeys(v.size for v in report.variants if not v.dense)) or [
+        report.presets[v] for v in report.variants
+    ]
 
 
 def _message(title: str, text: str):
@@ -108,10 +93,10 @@ def _message(title: str, text: str):
     return fig
 
 
-def _mean_curve(curves: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds at the steps every seed logged."""
-    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    return np.array(steps), np.array([np.mean([c[s] for c in curves]) for s in steps])
+def _mean_curve(series: list[dict[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over runs at the steps every run logged."""
+    steps = sorted(set.intersection(*(set(c) for c in series))) if series else []
+    return np.array(steps), np.array([np.mean([c[s] for c in series]) for s in steps])
 
 
 def _smooth(y: np.ndarray, alpha: float = 0.1) -> np.ndarray:
@@ -123,144 +108,114 @@ def _smooth(y: np.ndarray, alpha: float = 0.1) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ (1) loss curves
-def loss_curves(task: str, runs: list[dict]):
-    runs = [r for r in runs if r["train"] or r["val"]]
-    if not runs:
-        return _message(f"{task}: loss curves", "no DVCLive loss curves under metrics/<task>/<variant>/s*/live")
-    sizes = _sizes(runs)
-    gatings = sorted({r["gating"] for r in runs})
-    colours = _colours(gatings)
+def loss_curves(report: TaskReport):
+    task = report.task
+    logged = {v: [c for c in map(curves, report.runs[v]) if c[0] or c[1]] for v in report.variants}
+    logged = {v: runs for v, runs in logged.items() if runs}
+    if not logged:
+        return _message(
+            f"{task}: loss curves", "no DVCLive loss curves under metrics/study/<task>/<variant>/train/live"
+        )
+    sizes = _sizes(report)
+    colours = _colours(report.variants)
     fig, axes = plt.subplots(1, len(sizes), figsize=(6.5 * len(sizes), 4.8), sharey=True, squeeze=False)
     for ax, size in zip(axes[0], sizes):
-        for gating in gatings:
-            # the dense baseline has one size: drawn in every panel as the reference
-            group = [r for r in runs if r["gating"] == gating and (r["size"] == size or gating == DENSE)]
-            if not group:
-                continue
-            n = len(group)
-            label = f"{gating} (n={n})" if n > 1 else gating
-            style = {"color": colours[gating], "lw": 1.6 if gating != DENSE else 1.3}
-            if gating == DENSE:
+        # the dense baseline has one size: drawn in every panel as the reference
+        for variant in [v for v in logged if v.dense or v.size == size]:
+            runs = logged[variant]
+            label = f"{variant.name} (n={len(runs)})"
+            style = {"color": colours[_gating(variant)], "lw": 1.3 if variant.dense else 1.6}
+            if variant.dense:
                 style["ls"] = "--"
-            x, y = _mean_curve([r["train"] for r in group if r["train"]])
+            x, y = _mean_curve([train for train, _ in runs if train])
             if len(x):
                 ax.plot(x, _smooth(y), label=label, **style)
                 label = None
-            x, y = _mean_curve([r["val"] for r in group if r["val"]])
+            x, y = _mean_curve([val for _, val in runs if val])
             if len(x):
                 ax.plot(x, y, marker="o", ms=5, **{**style, "ls": "none"}, label=label)
         ax.set_title(f"{task} — {size}  (line: train, EMA-smoothed; dots: validation)")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("loss (cross-entropy, nats)")
-    lo = min(min(r["val"].values(), default=math.inf) for r in runs)
-    lo = min(lo, min(min(_smooth(np.array(list(r["train"].values()))), default=math.inf) for r in runs if r["train"]))
-    # top: the highest smoothed training loss (the start for LM; classification rises before it falls)
-    top = max((float(_smooth(np.array(list(r["train"].values()))).max()) for r in runs if r["train"]), default=lo + 1)
-    axes[0][0].set_ylim(lo - 0.1 * (top - lo), top + 0.05 * (top - lo))
-    axes[0][-1].legend(loc="upper right", fontsize=8, title="gating (mean over seeds)", title_fontsize=8)
+    _loss_limits(axes[0][0], [c for runs in logged.values() for c in runs])
+    axes[0][-1].legend(loc="upper right", fontsize=8, title="variant (mean over runs)", title_fontsize=8)
     fig.suptitle(f"{task}: training and validation loss", fontsize=13)
     fig.tight_layout()
     return fig
 
 
+def _loss_limits(ax, runs: list[tuple[dict, dict]]) -> None:
+    """From just below the lowest loss to the highest smoothed training loss (the start for LM;
+    classification rises before it falls)."""
+    smoothed = [_smooth(np.array(list(train.values()))) for train, _ in runs if train]
+    lo = min([min(val.values()) for _, val in runs if val] + [float(s.min()) for s in smoothed], default=0.0)
+    top = max((float(s.max()) for s in smoothed), default=lo + 1)
+    ax.set_ylim(lo - 0.1 * (top - lo), top + 0.05 * (top - lo))
+
+
 # ------------------------------------------------------------------ (2) quality vs FLOPs
-def pareto_front(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
-    """Indices of the points no other point beats on both cost (x, lower better) and quality (y)."""
-    sign = -1 if higher_is_better else 1
-    front = []
-    for i, (x, y) in enumerate(points):
-        dominated = any(
-            (x2 <= x and sign * y2 <= sign * y) and (x2 < x or sign * y2 < sign * y)
-            for j, (x2, y2) in enumerate(points)
-            if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
+NO_FRONT = (
+    "No Pareto front is drawn: a front through the means would order models whose differences the seeds do not "
+    "separate; summary.md 'What the data supports' has the Holm-adjusted paired comparisons."
+)
 
 
-def front_cells(report: TaskReport, column, cells: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The Pareto front (FLOPs/token vs one quality column) of the ranked cells, by FLOPs: a model
-    worse than a trivial reference is never on it."""
-    ranked = [c for c in cells if report.ranked(c)]
-    pts = [(report.cells[c]["flops_per_token"]["mean"], report.cells[c][column.key]["mean"]) for c in ranked]
-    return [ranked[i] for i in pareto_front(pts, column.higher_is_better)]
-
-
-def _seeds_label(report: TaskReport, gating: str) -> str:
-    """'gating (n=3)': the seeds per cell of a gating (a range when its sizes differ)."""
-    ns = sorted(
-        {m[report.headline.key]["n"] for (g, _), m in report.cells.items() if g == gating and report.headline.key in m}
-    )
-    n = "?" if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
-    return f"{gating} (n={n})"
-
-
-def quality_flops(task: str, report: TaskReport):
-    cells = [c for c in report.models() if "flops_per_token" in report.cells[c]]
-    columns = [q for q in report.quality if any(q.key in report.cells[c] for c in cells)]
-    if not cells or not columns:
-        return _message(f"{task}: quality vs FLOPs/token", "no quality metric with FLOPs/token in the summary")
-    gatings = sorted({g for g, _ in cells})
-    colours = _colours(gatings)
-    sizes = sorted({s for _, s in cells}, key=size_order)
-    markers = dict(zip(sizes, "osD^vP*X"))
+def quality_flops(report: TaskReport):
+    task = report.task
+    models = [v for v in report.variants if "flops_per_token" in report.cells[v]]
+    columns = [q for q in report.quality if any(q.key in report.cells[v] for v in models)]
+    if not models or not columns:
+        return _message(f"{task}: quality vs FLOPs/token", "no quality metric with FLOPs/token over unflagged runs")
+    colours = _colours(report.variants)
+    markers = dict(zip(dict.fromkeys(report.presets[v] for v in models), "osD^vP*X"))
     ncols = min(2, len(columns))  # ROUGE-1/2/L/Lsum: a grid, not one long row
     nrows = math.ceil(len(columns) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(7.5 * ncols, 5.2 * nrows), squeeze=False)
     for ax in axes.flat[len(columns) :]:
         ax.axis("off")
     for ax, column in zip(axes.flat, columns):
-        _quality_panel(ax, report, column, [c for c in cells if column.key in report.cells[c]], colours, markers)
+        _quality_panel(ax, report, column, [v for v in models if column.key in report.cells[v]], colours, markers)
     handles = [
-        plt.Line2D([], [], color=colours[g], marker="o", ls="none", label=_seeds_label(report, g)) for g in gatings
+        plt.Line2D(
+            [], [], color=colours[_gating(v)], marker=markers[report.presets[v]], ls="none", label=_label(report, v)
+        )
+        for v in models
     ]
-    handles += [plt.Line2D([], [], color="0.3", marker=markers[s], ls="none", label=f"size {s}") for s in sizes]
-    handles += [plt.Line2D([], [], color="0.6", lw=6, alpha=0.35, label="Pareto front (black edge)")]
-    if any(not report.ranked(c) for c in cells):
-        handles += [
+    if any(not report.ranked(v) for v in models):
+        handles.append(
             plt.Line2D(
-                [],
-                [],
-                color="0.3",
-                marker="o",
-                mfc="white",
-                ls="none",
-                label="▼ worse than a trivial reference: not ranked",
+                [], [], color="0.3", marker="o", mfc="white", ls="none", label="▼ worse than a trivial reference"
             )
-        ]
+        )
     if report.references:
-        handles += [plt.Line2D([], [], color="0.35", ls="--", label="reference (same test examples)")]
+        handles.append(plt.Line2D([], [], color="0.35", ls="--", label="reference (same test examples)"))
     axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     unbeaten = report.unbeaten()
+    title = f"{task}: quality vs realised FLOPs/token (over unflagged runs)"
     if unbeaten:
-        fig.suptitle(
-            f"{task}: no model beats the trivial reference {', '.join(unbeaten)}", fontsize=12, color="darkred"
-        )
+        title += f"; no model beats the trivial reference {', '.join(unbeaten)}"
+    fig.suptitle(title, fontsize=12, color="darkred" if unbeaten else "black")
+    fig.text(0.01, -0.02, NO_FRONT, fontsize=8, ha="left", va="top", wrap=True)
     fig.tight_layout()
     return fig
 
 
-def _quality_panel(ax, report: TaskReport, column, cells: list, colours: dict, markers: dict) -> None:
-    """One quality metric vs FLOPs/token: references as lines, the ranked models' Pareto front."""
-    front = front_cells(report, column, cells)
-    ax.plot(
-        [report.cells[c]["flops_per_token"]["mean"] for c in front],
-        [report.cells[c][column.key]["mean"] for c in front],
-        "-",
-        color="0.6",
-        lw=6,
-        alpha=0.35,
-        zorder=1,
-    )
-    for cell in cells:
-        _point(ax, report, column, cell, colours[cell[0]], markers[cell[1]], cell in front)
+def _label(report: TaskReport, variant: Variant) -> str:
+    """'linear-sparsemax-e8 (n=3)' or '(n=2 of 3)' where a run is flagged."""
+    n, runs = report.n(variant), len(report.runs[variant])
+    return f"{variant.name} (n={n}{'' if n == runs else f' of {runs}'})"
+
+
+def _quality_panel(ax, report: TaskReport, column, models: list[Variant], colours: dict, markers: dict) -> None:
+    """One quality metric vs FLOPs/token: the models (over their unflagged runs), the references as lines."""
+    for variant in models:
+        _point(ax, report, column, variant, colours[_gating(variant)], markers[report.presets[variant]])
     for name, ref in report.references.items():
         if column.key in ref:
             ax.axhline(ref[column.key], color="0.35", ls="--", lw=1, zorder=2)
             ax.annotate(
-                f"{name} ({'trivial ' if ref['trivial'] else ''}reference)",
+                f"{name} ({ref['role']})",
                 (0.01, ref[column.key]),
                 xycoords=("axes fraction", "data"),
                 fontsize=7,
@@ -271,14 +226,14 @@ def _quality_panel(ax, report: TaskReport, column, cells: list, colours: dict, m
     ax.set_xscale("log")
     ax.set_xlabel("realised forward FLOPs / token (log)")
     ax.set_ylabel(f"{column.label} ({'higher' if column.higher_is_better else 'lower'} is better)")
-    n = max(report.cells[c][column.key]["n"] for c in cells)
+    n = max(report.cells[v][column.key]["n"] for v in models)
     ax.set_title(f"{report.task}: {column.label} vs compute" + ("" if n > 1 else "  (n = 1: no error bars)"))
     ax.grid(alpha=0.3, which="both")
 
 
-def _point(ax, report: TaskReport, column, cell, colour, marker: str, on_front: bool) -> None:
-    q, f = report.cells[cell][column.key], report.cells[cell]["flops_per_token"]
-    ranked = report.ranked(cell)
+def _point(ax, report: TaskReport, column, variant: Variant, colour, marker: str) -> None:
+    q, f = report.cells[variant][column.key], report.cells[variant]["flops_per_token"]
+    ranked = report.ranked(variant)
     ax.errorbar(
         f["mean"],
         q["mean"],
@@ -287,15 +242,13 @@ def _point(ax, report: TaskReport, column, cell, colour, marker: str, on_front: 
         fmt=marker,
         color=colour,
         mfc=colour if ranked else "white",
-        ms=9 if on_front else 7,
+        ms=7,
         capsize=3,
-        mec="black" if on_front else colour,
-        mew=1.5 if on_front else 1.0,
         zorder=3,
     )
-    label = DENSE if cell[0] == DENSE else f"{cell[0]} {cell[1]}"
+    marks = ("" if ranked else " ▼") + (" ▽" if column == report.headline and report.out_of_regime(variant) else "")
     ax.annotate(
-        label + ("" if ranked else " ▼"),
+        variant.name + marks,
         (f["mean"], q["mean"]),
         fontsize=7,
         xytext=(5, 4),
@@ -305,106 +258,110 @@ def _point(ax, report: TaskReport, column, cell, colour, marker: str, on_front: 
 
 
 # ------------------------------------------------------------------ (3) expert load
-def _mean_layers(group: list[dict], field: str) -> list[np.ndarray]:
-    per_run = [[np.array(layer.get(field) or [], dtype=float) for layer in r["eval"].get("layers", [])] for r in group]
+def sorted_load_profile(runs: list[Run]) -> list[tuple[str, np.ndarray]]:
+    """Per MoE layer, (its label, the mean over runs of that run's expert shares sorted in descending order).
+
+    Expert indices are arbitrary within a run (expert 3 of seed 0 has nothing to do with expert 3 of seed
+    1), so shares are never averaged by index: each run's profile is sorted first, and the mean is of the
+    k-th busiest experts."""
+    per_run = [
+        [np.sort(np.asarray(layer.get("expert_share") or [], dtype=float))[::-1] for layer in r.layers] for r in runs
+    ]
     per_run = [layers for layers in per_run if layers and all(len(a) for a in layers)]
     if not per_run:
         return []
-    n_layers = min(len(layers) for layers in per_run)
+    first = next(r.layers for r in runs if r.layers)
     out = []
-    for i in range(n_layers):
+    for i in range(min(len(layers) for layers in per_run)):
         width = max(len(layers[i]) for layers in per_run)
-        out.append(np.mean([np.pad(layers[i], (0, width - len(layers[i]))) for layers in per_run], axis=0))
+        profile = np.mean([np.pad(layers[i], (0, width - len(layers[i]))) for layers in per_run], axis=0)
+        out.append((layer_label(first[i].get("module"), i), profile))
     return out
 
 
-def expert_load(task: str, runs: list[dict]):
-    runs = [r for r in runs if r["gating"] != DENSE and r["eval"].get("layers")]
-    if not runs:
-        return _message(f"{task}: expert load", "no per-layer routing statistics in eval.json")
-    sizes = _sizes(runs)
-    gatings = sorted({r["gating"] for r in runs})
-    data = {
-        (g, s): _mean_layers([r for r in runs if r["gating"] == g and r["size"] == s], "expert_share")
-        for g in gatings
-        for s in sizes
-    }
-    vmax = max((float(a.max()) for v in data.values() for a in v), default=1.0)
-    max_e = max((len(a) for v in data.values() for a in v), default=8)
+def expert_load(report: TaskReport):
+    task = report.task
+    data = {v: sorted_load_profile(report.runs[v]) for v in report.variants if not v.dense}
+    data = {v: layers for v, layers in data.items() if layers}
+    if not data:
+        return _message(f"{task}: expert load", "no per-layer routing statistics in eval/s<seed>.routing.json")
+    vmax = max(float(a.max()) for layers in data.values() for _, a in layers)
+    max_e = max(len(a) for layers in data.values() for _, a in layers)
     fig, axes = plt.subplots(
-        len(gatings),
-        len(sizes),
-        squeeze=False,
-        figsize=(max(4.0, 0.42 * max_e) * len(sizes) + 1.2, 1.25 * len(gatings) + 1.2),
+        len(data), 1, squeeze=False, figsize=(max(4.0, 0.42 * max_e) + 2.2, 1.25 * len(data) + 1.4)
     )
     image = None
-    for r, g in enumerate(gatings):
-        for c, s in enumerate(sizes):
-            ax = axes[r][c]
-            layers = data[(g, s)]
-            if not layers:
-                ax.axis("off")
-                continue
-            grid = np.array(layers)  # [layers, experts]
-            image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
-            ax.set_yticks(range(grid.shape[0]), [f"L{i}" for i in range(grid.shape[0])], fontsize=7)
-            ax.set_xticks(range(grid.shape[1]), [str(i) for i in range(grid.shape[1])], fontsize=6)
-            ax.set_title(f"{g} {s}   (uniform = {1 / grid.shape[1]:.3f})", fontsize=8)
-            if r == len(gatings) - 1:
-                ax.set_xlabel("expert", fontsize=8)
-            if c == 0:
-                ax.set_ylabel("MoE layer", fontsize=8)
-    fig.suptitle(f"{task}: share of computed token slots per expert (test split, mean over seeds)", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 0.9, 1))
+    for ax, (variant, layers) in zip(axes[:, 0], data.items()):
+        grid = np.array([profile for _, profile in layers])  # [layers, load rank]
+        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        ax.set_yticks(range(grid.shape[0]), [label for label, _ in layers], fontsize=7)
+        ax.set_xticks(range(grid.shape[1]), [str(i + 1) for i in range(grid.shape[1])], fontsize=6)
+        runs = len(report.runs[variant])
+        ax.set_title(f"{variant.name} ({runs} runs)   (uniform = {1 / grid.shape[1]:.3f})", fontsize=8)
+    axes[-1][0].set_xlabel("expert, by load within each run (1 = busiest)", fontsize=8)
+    fig.suptitle(
+        f"{task}: share of computed token slots per expert (test split)\n"
+        "each run's experts sorted by load, then the sorted profiles averaged over runs (flagged runs included)",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     if image is not None:
-        cax = fig.add_axes((0.92, 0.15, 0.015, 0.7))
-        fig.colorbar(image, cax=cax, label="share of tokens")
+        fig.colorbar(image, cax=fig.add_axes((0.9, 0.15, 0.015, 0.7)), label="share of tokens")
     return fig
 
 
 # ------------------------------------------------------------------ (4) experts per token
-def experts_per_token(task: str, runs: list[dict]):
-    sparse = [r for r in runs if r["gating"] != DENSE and r["sparse"]]
+def mean_histograms(runs: list[Run]) -> list[tuple[str, np.ndarray]]:
+    """Per MoE layer, (its label, the mean over runs of its experts-per-token histogram): bin i counts the
+    tokens that used i experts, the same meaning in every run, so bins can be averaged."""
+    per_run = [[np.asarray(layer.get("experts_per_token_hist") or [], dtype=float) for layer in r.layers] for r in runs]
+    per_run = [layers for layers in per_run if layers and all(len(a) for a in layers)]
+    if not per_run:
+        return []
+    first = next(r.layers for r in runs if r.layers)
+    out = []
+    for i in range(min(len(layers) for layers in per_run)):
+        width = max(len(layers[i]) for layers in per_run)
+        mean = np.mean([np.pad(layers[i], (0, width - len(layers[i]))) for layers in per_run], axis=0)
+        out.append((layer_label(first[i].get("module"), i), mean))
+    return out
+
+
+def experts_per_token(report: TaskReport):
+    task = report.task
+    sparse = [v for v in report.variants if not v.dense and any(r.sparse for r in report.runs[v])]
     if not sparse:
         return _message(f"{task}: experts per token", "no sparsemax / entmax variant in the study")
-    with_hist = [r for r in sparse if any(layer.get("experts_per_token_hist") for layer in r["eval"].get("layers", []))]
-    if not with_hist:
+    hists = {v: mean_histograms(report.runs[v]) for v in sparse}
+    hists = {v: layers for v, layers in hists.items() if layers}
+    if not hists:
         return _message(
-            f"{task}: experts per token",
-            "eval.json has no experts_per_token_hist (written by evaluate since this report "
-            "version): re-run the evaluate stage",
+            f"{task}: experts per token", "no experts_per_token_hist in the routing detail: re-run the evaluate stage"
         )
-    sizes = _sizes(with_hist)
-    gatings = sorted({r["gating"] for r in with_hist})
-    colours = _colours(gatings)
-    n_layers = max(len(r["eval"]["layers"]) for r in with_hist)
+    sizes = [s for s in _sizes(report) if any(v.size == s for v in hists)]
+    colours = _colours(report.variants)
+    n_layers = max(len(layers) for layers in hists.values())
     fig, axes = plt.subplots(len(sizes), n_layers, figsize=(5.5 * n_layers, 3.3 * len(sizes)), squeeze=False)
-    for row, s in enumerate(sizes):
+    for row, size in enumerate(sizes):
+        group = [v for v in hists if v.size == size]
+        width = 0.8 / len(group)
         for layer in range(n_layers):
             ax = axes[row][layer]
-            width = 0.8 / max(len(gatings), 1)
-            for j, g in enumerate(gatings):
-                hists = _mean_layers(
-                    [r for r in with_hist if r["gating"] == g and r["size"] == s], "experts_per_token_hist"
-                )
-                if layer >= len(hists):
+            for j, variant in enumerate(group):
+                if layer >= len(hists[variant]):
                     continue
-                h = hists[layer]
+                label, h = hists[variant][layer]
                 frac = h / max(h.sum(), 1.0)
                 mean = float((np.arange(len(h)) * frac).sum())
-                ax.bar(
-                    np.arange(len(h)) + (j - (len(gatings) - 1) / 2) * width,
-                    frac,
-                    width=width,
-                    color=colours[g],
-                    label=f"{g} (mean {mean:.2f})",
-                )
-            ax.set_title(f"{task} {s} — MoE layer {layer}", fontsize=10)
+                offsets = np.arange(len(h)) + (j - (len(group) - 1) / 2) * width
+                colour = colours[_gating(variant)]
+                ax.bar(offsets, frac, width=width, color=colour, label=f"{variant.name} (mean {mean:.2f})")
+                ax.set_title(f"{task} {size} — MoE {label}", fontsize=10)
             ax.set_xlabel("experts used by a token")
             ax.set_ylabel("fraction of tokens")
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.grid(alpha=0.3, axis="y")
             ax.legend(fontsize=8)
-    fig.suptitle(f"{task}: distribution of experts per token (test split, sparse normalisers)", fontsize=12)
+    fig.suptitle(f"{task}: distribution of experts per token (test split, sparse normalisers, mean over runs)")
     fig.tight_layout()
     return fig

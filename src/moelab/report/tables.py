@@ -1,20 +1,34 @@
-"""The report stage: the study's metrics (read by data.py) -> metrics/summary.json (task -> variant ->
-size -> metric -> mean/std/ci95/n, and each task's "references"), metrics/summary.md (one table per
-task with its references and the dense baseline, then what the data supports, then expert
-specialisation) and the figures under plots/ (plots.py)."""
+"""The report stage: the runs params.yaml asks for (read by data.py) ->
+
+metrics/study.json     the study's headline, the one DVC metrics file of the report (`dvc metrics diff`):
+                       numbers only, 6 significant digits; task -> variant -> headline mean and its ci95,
+                       bpc (LM), experts and FLOPs per token, load CV, routing entropy / ln E, flagged
+                       runs, n; task -> "references" -> name -> headline (and bpc)
+metrics/summary.json   the details: per variant every metric's mean/std/ci95/n, its flags, its regime;
+                       the references and their roles; the comparisons with raw and Holm-adjusted p;
+                       the bases
+metrics/summary.md     one table per task with its references, flags and marks, the bases, then what
+                       the data supports, then expert specialisation
+plots/                 the figures (plots.py)
+"""
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
-from ..io import atomic_write_text, read_json, write_json
+from ..config import Params
+from ..io import atomic_write_text, write_json
+from ..study import Variant
 from . import evidence
-from .data import DENSE, Column, TaskReport, load, run_config, seed_files
+from .data import Column, Roots, TaskReport, load, read_bases
 from .evidence import fmt
 
-BELOW = "▼"
-REFERENCES = "references"  # the key of a task's references in summary.json (no gating is named so)
+BELOW = "▼"  # worse than a trivial reference: not ranked
+OUT = "▽"  # out of regime: the 95% interval is not entirely on the better side of the task's bar
+REFERENCES = "references"  # the key of a task's references in study.json / summary.json (no variant is named so)
+SIGNIFICANT = 6  # digits of every number of study.json: `dvc metrics diff` stays quiet on float noise
+HEADLINE_EXTRAS = ("test_bpc",)  # beside the headline in study.json where a task has it (bits per character)
+HEADLINE_RUN_KEYS = ("experts_per_token", "flops_per_token", "load_cv", "routing_entropy_ratio")
 
 
 def mark_column(cells: list[dict], higher_is_better: bool) -> list[str | None]:
@@ -53,34 +67,109 @@ def _overlap(a: dict, b: dict) -> bool:
 _STYLE = {"best": "**{}**", "tie": "{} ≈", "lead": "_{}_", None: "{}"}
 
 NOTE = (
-    "Test split. Mean over seeds ± half-width of the exact 95% Student-t interval (seeds = runs per cell). "
-    "Reference rows are the task's trivial baselines scored on the same test examples (one number, no seeds); the"
-    " dense baseline has the FFN width of top_k experts. Marks compare the models (dense and MoE) that are not "
-    "worse than a trivial reference: **bold**: best in its column and its interval overlaps no other model's; ≈: "
-    "tied — the best mean and every model whose interval overlaps it (not claimed different; these are unpaired "
-    "intervals, the paired comparisons under 'What the data supports' can separate what ≈ does not); _italic_: "
-    f"best mean, but some model has n = 1 (no interval), so nothing is claimed. {BELOW}: headline mean worse than "
-    "a trivial reference: not ranked, not on the Pareto front. n test: examples (tokens for LM) each quality "
-    "metric is computed on. FLOPs/token are realised (measured experts/token), forward pass, matmuls only; "
-    "forward ms is the latest benchmark stage's median (one run per variant, not per seed). experts/token and "
-    "load CV are not ranked: load CV depends on the gate type (see the notes under each table)."
+    "Test split. Mean over seeds ± half-width of the exact 95% Student-t interval, over the variant's unflagged "
+    "runs (seeds: '2 of 3' when a run is flagged; flags: per run, see the notes under each table). Reference rows "
+    "are the task's references scored on the same test examples (one number, no seeds), each with a role: "
+    f"trivial (a model worse on the mean is {BELOW}: not ranked), bar (the classical result a model must beat to be"
+    f" in regime: {OUT} marks a model whose 95% interval is not entirely on its better side, and each run below "
+    "it), context (shown, nothing decided). The dense baseline has the FFN width of top_k experts. Marks compare "
+    "the ranked models: **bold**: best in its column and its interval overlaps no other model's; ≈: tied — the "
+    "best mean and every model whose interval overlaps it (unpaired intervals: the Holm-adjusted paired tests "
+    "under 'What the data supports' decide what the text may claim); _italic_: best mean, but some model has "
+    "n = 1 (no interval), so nothing is claimed. n test: examples (tokens for LM) each quality metric is computed "
+    "on. FLOPs/token are realised (measured experts/token), forward pass, matmuls only; forward ms is the latest "
+    "benchmark stage's median (one run per variant, not per seed). experts/token, load CV and entropy / ln E "
+    "(routing entropy over ln E, mean over MoE layers: 1 = spread evenly, 0 = one expert) are not ranked."
+)
+
+FLAG_NOTE = (
+    "Flags (a flagged run is left out of the row's numbers, marks and comparisons): one class — classification, "
+    "at least 99% of test predictions are one class; dead experts (layer) — in that MoE layer more than half the "
+    "experts computed fewer than 1/(10 E) of the tokens; degenerate outputs — summarisation, more than half the "
+    f"generated test summaries degenerate. {OUT} beside a seed: that run's headline is worse than the bar."
 )
 
 
-# ------------------------------------------------------------------ summary.json
-def summary_json(reports: dict[str, TaskReport]) -> dict:
-    """task -> gating -> size -> metric -> {mean, std, ci95, n}, and task -> "references" -> name -> metric."""
+# ------------------------------------------------------------------ study.json (the headline)
+def significant(value: float | int, digits: int = SIGNIFICANT) -> float | int:
+    """The value to `digits` significant digits (an int stays an int)."""
+    return value if isinstance(value, int) else float(f"{value:.{digits}g}")
+
+
+def headline_variant(report: TaskReport, variant: Variant) -> dict:
+    """The headline numbers of one variant (over its unflagged runs; nothing but counts when there is none)."""
+    cells, key = report.cells[variant], report.headline.key
+    out: dict = {}
+    if key in cells:
+        out[key] = cells[key]["mean"]
+        if cells[key]["ci95"] is not None:
+            out[f"{key}_ci95"] = cells[key]["ci95"]
+    for k in (*HEADLINE_EXTRAS, *HEADLINE_RUN_KEYS):
+        if k in cells:  # load_cv is not there for soft routing, the routing keys not for the dense baseline
+            out[k] = cells[k]["mean"]
+    out |= {"flagged_runs": len(report.flagged(variant)), "n": report.n(variant)}
+    return {k: significant(v) for k, v in out.items()}
+
+
+def headline_json(reports: dict[str, TaskReport]) -> dict:
+    """task -> variant -> headline numbers; task -> "references" -> name -> headline (and bpc)."""
     out = {}
     for task, report in reports.items():
-        order = [c.key for c in report.columns]
-        nested: dict = defaultdict(dict)
-        for gating, size in sorted(report.cells):
-            metrics = report.cells[(gating, size)]
-            nested[gating][size] = {k: metrics[k] for k in sorted(metrics, key=order.index)}
-        nested[REFERENCES] = {
-            name: {k: v for k, v in ref.items() if k.startswith("test_")} for name, ref in report.references.items()
+        keys = (report.headline.key, *HEADLINE_EXTRAS)
+        references = {
+            name: {k: significant(ref[k]) for k in keys if k in ref} for name, ref in report.references.items()
         }
-        out[task] = dict(nested)
+        out[task] = {v.name: headline_variant(report, v) for v in report.variants}
+        out[task][REFERENCES] = {name: values for name, values in references.items() if values}
+    return out
+
+
+# ------------------------------------------------------------------ summary.json (the details)
+def comparison_json(comp: evidence.Comparison) -> dict:
+    iv = comp.difference
+    return {
+        "a": comp.a.name,
+        "b": comp.b.name,
+        "mean": iv.mean,
+        "ci95": [iv.low, iv.high] if iv.half_width is not None else None,
+        "n": iv.n,
+        "p": comp.p,
+        "p_holm": comp.p_holm,
+        "separated": comp.separated,
+    }
+
+
+def variant_json(report: TaskReport, variant: Variant) -> dict:
+    runs = report.runs[variant]
+    out = {
+        "preset": report.presets[variant],
+        "seeds": [r.seed for r in runs],
+        "n": report.n(variant),
+        "flags": {f"s{r.seed}": list(r.flags) for r in runs if r.flags},
+        "runs_below_bar": report.runs_below_bar(variant),
+        "out_of_regime": report.out_of_regime(variant),
+        "below_trivial": report.below(variant, "trivial"),
+        "metrics": report.cells[variant],
+    }
+    if report.flagged(variant):
+        out["every_run"] = report.every_run[variant]
+    return out
+
+
+def summary_json(reports: dict[str, TaskReport], bases: dict[str, dict]) -> dict:
+    out = {}
+    for task, report in reports.items():
+        vs_dense, vs_best = evidence.comparisons(report)
+        out[task] = {
+            "headline": report.headline.key,
+            "variants": {v.name: variant_json(report, v) for v in report.variants},
+            REFERENCES: report.references,
+            "comparisons": {
+                "vs_dense": [comparison_json(c) for c in vs_dense],
+                "best_vs_others": [comparison_json(c) for c in vs_best],
+            },
+            "bases": bases.get(task, {}),
+        }
     return out
 
 
@@ -90,43 +179,64 @@ def cell_text(stats: dict, mark: str | None = None) -> str:
     return _STYLE[mark].format(text)
 
 
-def count_text(report: TaskReport, cell: tuple[str, str]) -> str:
-    """The test split's size: one number when every seed saw the same, else the range."""
-    counts = set(report.seed_values(cell, report.count.key).values())
+def count_text(report: TaskReport, variant: Variant) -> str:
+    """The test split's size: one number when every run saw the same, else the range."""
+    counts = {r.values[report.count.key] for r in report.runs[variant] if report.count.key in r.values}
     if not counts:
         return "–"
     low, high = int(min(counts)), int(max(counts))
     return f"{low}" if low == high else f"{low}–{high}"
 
 
+def seeds_text(report: TaskReport, variant: Variant) -> str:
+    n, runs = report.n(variant), len(report.runs[variant])
+    return f"{n}" if n == runs else f"{n} of {runs}"
+
+
+def flags_text(report: TaskReport, variant: Variant) -> str:
+    """'s1: one class; s2: ▽': per run, its flags and whether it is below the bar."""
+    below = set(report.runs_below_bar(variant))
+    notes = [(r.seed, [*r.flags, *([OUT] if r.seed in below else [])]) for r in report.runs[variant]]
+    return "; ".join(f"s{seed}: {', '.join(n)}" for seed, n in notes if n) or "–"
+
+
 def shown_columns(report: TaskReport) -> list[Column]:
-    present = {k for metrics in report.cells.values() for k in metrics}
+    present = {k for metrics in report.every_run.values() for k in metrics}
     present |= {k for ref in report.references.values() for k in ref}
     return [c for c in report.columns if c.key in present or c == report.count]
 
 
-def column_marks(report: TaskReport, column: Column) -> dict[tuple[str, str], str | None]:
+def column_marks(report: TaskReport, column: Column) -> dict[Variant, str | None]:
     """The marks of one column over the ranked models that have it."""
     if column.higher_is_better is None:
         return {}
-    cells = [c for c in report.models() if report.ranked(c) and column.key in report.cells[c]]
-    return dict(zip(cells, mark_column([report.cells[c][column.key] for c in cells], column.higher_is_better)))
+    models = [v for v in report.variants if report.ranked(v) and column.key in report.cells[v]]
+    return dict(zip(models, mark_column([report.cells[v][column.key] for v in models], column.higher_is_better)))
 
 
-def model_row(report: TaskReport, cell: tuple[str, str], columns: list[Column], marks: dict) -> str:
-    metrics = report.cells[cell]
+def headline_marks(report: TaskReport, variant: Variant) -> str:
+    marks = [BELOW] if report.below(variant, "trivial") else []
+    return "".join(f" {m}" for m in marks + ([OUT] if report.out_of_regime(variant) else []))
+
+
+def model_row(report: TaskReport, variant: Variant, columns: list[Column], marks: dict) -> str:
+    # every run flagged: the numbers over all of them, in parentheses, neither ranked nor marked
+    every_flagged = report.n(variant) == 0
+    metrics = report.every_run[variant] if every_flagged else report.cells[variant]
     texts = []
     for column in columns:
         if column == report.count:
-            texts.append(count_text(report, cell))
+            texts.append(count_text(report, variant))
         elif column.key not in metrics:
             texts.append("–")
+        elif every_flagged:
+            texts.append(f"({cell_text(metrics[column.key])})")
         else:
-            text = cell_text(metrics[column.key], marks[column.key].get(cell))
-            texts.append(text + (f" {BELOW}" if column == report.headline and not report.ranked(cell) else ""))
-    seeds = metrics[report.headline.key]["n"] if report.headline.key in metrics else 0
-    label = f"{DENSE} (baseline)" if cell[0] == DENSE else cell[0]
-    return f"| {label} | {cell[1]} | {seeds} | " + " | ".join(texts) + " |"
+            text = cell_text(metrics[column.key], marks[column.key].get(variant))
+            texts.append(text + (headline_marks(report, variant) if column == report.headline else ""))
+    label = f"{variant.name} (baseline)" if variant.dense else variant.name
+    cells = [label, seeds_text(report, variant), flags_text(report, variant), *texts]
+    return "| " + " | ".join(cells) + " |"
 
 
 def reference_row(report: TaskReport, name: str, columns: list[Column]) -> str:
@@ -137,33 +247,32 @@ def reference_row(report: TaskReport, name: str, columns: list[Column]) -> str:
             return "–"
         return f"{int(ref[column.key])}" if column == report.count else fmt(ref[column.key])
 
-    return f"| reference: {name} | – | – | " + " | ".join(text(c) for c in columns) + " |"
+    return f"| reference: {name} ({ref['role']}) | – | – | " + " | ".join(text(c) for c in columns) + " |"
 
 
 def table(report: TaskReport) -> list[str]:
     columns = shown_columns(report)
     marks = {c.key: column_marks(report, c) for c in columns}
     out = [
-        "| variant | size | seeds | " + " | ".join(c.label for c in columns) + " |",
+        "| variant | seeds | flags | " + " | ".join(c.label for c in columns) + " |",
         "|---|---|---|" + "---|" * len(columns),
     ]
     out += [reference_row(report, name, columns) for name in report.references]
-    out += [model_row(report, cell, columns, marks) for cell in report.models()]
+    out += [model_row(report, v, columns, marks) for v in report.variants]
     return out
 
 
 def reference_notes(report: TaskReport) -> list[str]:
-    """What each reference is; any scored on other test examples than the models; the trivial ones no
-    model beats."""
+    """What each reference is and its role; any scored on other test examples than the models; the trivial
+    ones no model beats."""
     notes, count, h = [], report.count, report.headline
-    model_counts = {v for c in report.models() for v in report.seed_values(c, count.key).values()}
+    model_counts = {r.values[count.key] for runs in report.runs.values() for r in runs if count.key in r.values}
     for name, ref in report.references.items():
-        kind = "trivial reference" if ref["trivial"] else "reference (context: a model below it is still ranked)"
-        notes.append(f"{name}, {kind}: {ref['description']}")
+        notes.append(f"{name} ({ref['role']}): {ref['description']}")
         if count.key in ref and model_counts and model_counts != {ref[count.key]}:
             notes.append(
                 f"**{name} is not on the same test examples as the models**: {count.label} {int(ref[count.key])} "
-                f"vs {', '.join(str(int(n)) for n in sorted(model_counts))}; re-run the reference stage."
+                f"vs {', '.join(str(int(n)) for n in sorted(model_counts))}; re-run the references stage."
             )
     for name in report.unbeaten():
         notes.append(
@@ -173,16 +282,35 @@ def reference_notes(report: TaskReport) -> list[str]:
     return notes
 
 
+def flag_notes(report: TaskReport) -> list[str]:
+    flagged = [v for v in report.variants if report.flagged(v)]
+    if not flagged:
+        return []
+    notes = [FLAG_NOTE]
+    for variant in flagged:
+        n, runs = report.n(variant), len(report.runs[variant])
+        if n == 0:
+            notes.append(f"{variant.name}: every run flagged: its numbers (in parentheses) are over all {runs}.")
+        else:
+            notes.append(f"{variant.name}: n = {n} of {runs} (flagged runs left out).")
+    return notes
+
+
 def table_notes(report: TaskReport) -> list[str]:
     h, notes = report.headline, []
-    if any(metrics.get(h.key, {}).get("n") == 1 for metrics in report.cells.values()):
+    if any(report.n(v) == 1 for v in report.variants):
+        notes.append("n = 1 for some models: no confidence interval, so nothing is claimed best (best means _italic_).")
+    notes += flag_notes(report) + reference_notes(report)
+    for variant in [v for v in report.variants if report.below(v, "trivial")]:
+        below = ", ".join(report.below(variant, "trivial"))
+        notes.append(f"{BELOW} {variant.name}: mean {h.label} worse than {below}: not ranked.")
+    bars = report.role("bar")
+    out = [v.name for v in report.variants if report.out_of_regime(v)]
+    if bars and out:
         notes.append(
-            "n = 1 for some models: no confidence interval, so nothing is claimed best (best means in _italic_)."
+            f"{OUT} {', '.join(out)}: out of regime (the 95% interval of the mean {h.label} is not entirely "
+            f"better than {', '.join(bars)})."
         )
-    notes += reference_notes(report)
-    for cell in [c for c in report.models() if not report.ranked(c) and h.key in report.cells[c]]:
-        below = ", ".join(report.below(cell, trivial_only=True))
-        notes.append(f"{BELOW} {evidence.name(cell)}: mean {h.label} worse than {below}: not ranked.")
     if report.soft:
         notes.append(
             "load CV: – for soft routing (top_k = 0 with a dense normaliser, softmax): every expert computes "
@@ -190,35 +318,59 @@ def table_notes(report: TaskReport) -> list[str]:
             "is not comparable across gate types (top-k, sparse normalisers, soft) and no best is marked."
         )
     if report.stale_bench:
-        stale = ", ".join(evidence.name(c) for c in sorted(report.stale_bench))
+        stale = ", ".join(v.name for v in report.variants if v in report.stale_bench)
         notes.append(f"forward ms: – for {stale}: the benchmark JSON measured another config; re-run the benchmark.")
     return [f"- {n}" for n in notes]
 
 
-def markdown(reports: dict[str, TaskReport], specialisation: dict | None = None) -> str:
+def bases_markdown(task: str, bases: dict[str, dict]) -> list[str]:
+    """The task's pretraining runs (the bases its variants fine-tune from), where their metrics exist."""
+    if not bases:
+        return []
+    out = [f"### {task}: bases (pretraining)", "", "| base | steps | best val loss | train s |", "|---|---|---|---|"]
+    for size, values in bases.items():
+        cells = [fmt(values[k]) if k in values else "–" for k in ("steps", "best_val_loss", "wall_s")]
+        out.append(f"| {task}-{size} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def markdown(reports: dict[str, TaskReport], bases: dict[str, dict] | None = None) -> str:
+    bases = bases or {}
     out = ["# moelab study summary", "", NOTE, ""]
     for task, report in reports.items():
         out += [f"## {task}", "", *table(report), "", *table_notes(report), ""]
-        if specialisation and specialisation.get(task):
-            out += specialisation_markdown(specialisation[task])
+        out += bases_markdown(task, bases.get(task, {}))
+        out += specialisation_markdown(report)
     out += ["## What the data supports", "", evidence.RULE, ""]
     for report in reports.values():
         out += evidence.markdown(report)
     return "\n".join(out)
 
 
-def specialisation_markdown(spec: dict, per_expert: int = 5) -> list[str]:
-    """spec: {(gating, size): eval.json `specialisation`} -> a short section."""
+SPECIALISATION_GATINGS = ("linear-sparsemax", "linear-softmax-top2")  # the variants whose experts are listed
+
+
+def specialisation_markdown(report: TaskReport, per_expert: int = 5) -> list[str]:
+    """The lowest seed's expert specialisation of each listed variant that has one."""
+    chosen = [
+        (v, r.specialisation)
+        for v in report.variants
+        if not v.dense and f"{v.router}-{v.gate}" in SPECIALISATION_GATINGS
+        for r in report.runs[v][:1]
+        if r.specialisation
+    ]
+    if not chosen:
+        return []
     out = [
-        "### Expert specialisation (last MoE layer, test split)",
+        f"### {report.task}: expert specialisation (last MoE layer, test split)",
         "",
         "Top input tokens each expert computed, with the share of that token's occurrences routed to "
-        "the expert (100% for every expert under soft softmax routing). One seed per variant.",
+        "the expert (100% for every expert under soft softmax routing). The lowest seed of each variant.",
         "",
     ]
-    for (gating, size), sp in sorted(spec.items()):
+    for variant, sp in chosen:
         out += [
-            f"**{gating} {size}** (MoE layer {sp.get('layer')})",
+            f"**{variant.name}** (MoE layer {sp.get('layer')})",
             "",
             "| expert | tokens | top tokens (share) |",
             "|---|---|---|",
@@ -235,39 +387,27 @@ def _token(text: str) -> str:
     return repr(text)[1:-1].replace("`", "'").replace("|", "\\|").replace(" ", "␣")
 
 
-def collect_specialisation(
-    metrics_dir: Path, variants: tuple[str, ...] = ("linear-sparsemax", "linear-softmax-top2")
-) -> dict:
-    """{task: {(gating, size): specialisation}} from the lowest seed of each listed gating that has one."""
-    out: dict = defaultdict(dict)
-    for eval_path in seed_files(metrics_dir, "eval"):
-        routing = eval_path.with_name(f"{eval_path.stem}.routing.json")
-        config = run_config(eval_path)
-        key = (config.get("gating"), config.get("preset"))
-        if key[0] in variants and key not in out[config.get("task")] and routing.exists():
-            spec = read_json(routing).get("specialisation")
-            if spec:
-                out[config.get("task")][key] = spec
-    return {k: v for k, v in out.items() if v}
-
-
+# ------------------------------------------------------------------ the stage
 def report(
-    study_dir: str | Path = "metrics/study",
-    out_dir: str | Path | None = None,
+    params: Params,
+    roots: Roots | None = None,
+    out_dir: str | Path = "metrics",
+    headline_path: str | Path | None = None,
     plots_dir: str | Path | None = "plots",
-    bench_dir: str | Path | None = None,
 ) -> dict:
-    """Aggregate study_dir (see data.py) and bench_dir/<task>/<variant>.json (default: metrics/bench)
-    into out_dir/summary.{json,md} (default: the parent of study_dir, i.e. metrics/) and the figures
-    into plots_dir (None: no figures). Returns the summary.json object."""
-    study_dir = Path(study_dir)
-    out_dir = Path(out_dir) if out_dir is not None else study_dir.parent
-    reports = load(study_dir, bench_dir)
-    summary = summary_json(reports)
+    """Read the runs params.yaml asks for (data.py) and write out_dir/summary.{json,md}, the headline
+    (default out_dir/study.json) and the figures into plots_dir (None: no figures). Nothing is written
+    unless every requested run could be read. Returns the summary.json object."""
+    roots = roots or Roots()
+    reports = load(params, roots)
+    bases = {task: read_bases(params, task, roots) for task in reports}
+    out_dir = Path(out_dir)
+    summary = summary_json(reports, bases)
     write_json(out_dir / "summary.json", summary)
-    atomic_write_text(out_dir / "summary.md", markdown(reports, collect_specialisation(study_dir)))
+    atomic_write_text(out_dir / "summary.md", markdown(reports, bases))
+    write_json(Path(headline_path) if headline_path is not None else out_dir / "study.json", headline_json(reports))
     if plots_dir is not None:
         from .plots import write_plots
 
-        write_plots(study_dir, Path(plots_dir), reports)
+        write_plots(reports, Path(plots_dir))
     return summary
