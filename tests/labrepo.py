@@ -54,9 +54,11 @@ def shrink(params: dict, tasks: list[str]) -> dict:
     for task in tasks:
         for section, values in TINY_TASKS[task].items():
             params[task][section].update(values)
-        params[task]["train"].update(
-            steps=6, batch_size=4, eval_every=3, eval_batches=2, checkpoint_every=3, warmup_steps=2
-        )
+        for section in ("pretrain", "train"):  # the bases and each variant's fine-tune
+            if params[task].get(section):
+                params[task][section].update(
+                    steps=6, batch_size=4, eval_every=3, eval_batches=2, checkpoint_every=3, warmup_steps=2
+                )
     params["benchmark"].update(batch_size=2, repeats=10, warmup=1)
     params["benchmark"]["layer"].update(tokens=[64], d_model=32, d_ff=64, n_experts=4, repeats=10, warmup=1)
     return params

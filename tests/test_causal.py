@@ -26,14 +26,14 @@ import pytest
 import torch
 
 from moelab.cli import main
-from moelab.config import ConfigError, load_params, resolve_run
-from moelab.config.resolve import ModelConfig
+from moelab.config import ConfigError, ModelConfig
 from moelab.models.lm import DecoderLM
 from moelab.models.switch import SwitchSeq2Seq
 from moelab.moe import MoEConfig, MoELayer, OptionError
 from moelab.moe.capacity import CAPACITY_POLICIES
 from moelab.moe.normalisers import NORMALISERS
 from moelab.moe.routers import ROUTERS
+from moelab.resolve import load_params, resolve_run
 from moelab.tasks.summarization import SummarizationTask
 
 VOCAB, T, E = 50, 12, 4

@@ -267,7 +267,7 @@ def test_claims_pipeline_runs_beside_the_default_one(tmp_path):
     assert "claims/dvc.yaml:report" in sh("dvc dag", lab)  # one repo-wide graph, no overlapping outputs
     # what a plain `dvc repro` runs: the stages of dvc.yaml and their upstream (the report reads the study)
     root_run = "".join(sh(f"dvc dag --dot {stage}", lab) for stage in ("exp", "benchmark", "report"))
-    assert "study/dvc.yaml:task@lm" in root_run and "claims" not in root_run
+    assert "study/dvc.yaml:evaluate@lm-" in root_run and "claims" not in root_run
     out = sh("dvc repro claims/dvc.yaml", lab)
     assert "prepare@lm" in out and "run@moe-vs-dense" in out and "claims/dvc.yaml:report" in out
     report = json.loads((lab / "metrics" / "claims.json").read_text())

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from moelab.config import ConfigError, load_params
+from moelab.config import ConfigError
+from moelab.resolve import load_params
 
 CASES = [
     (

@@ -87,6 +87,7 @@ def write_params(path: Path, batch_size: int, bias_rate: float) -> Path:
         seeds=[0],
     )
     p["lm"]["data"].update(max_records=120, vocab_size=300, seq_len=32)
+    p["lm"]["pretrain"] = None  # from its own initialisation: no base
     p["lm"]["train"].update(
         steps=STEPS,
         batch_size=batch_size,
@@ -159,10 +160,10 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, data, 
     out = train(ddp, data, WORLD, bias_rate).stdout
     assert out.count("trained lm/linear-softmax-top2-e8/s0") >= 1, out
 
-    ms, md = (json.loads((w / "metrics" / "train.json").read_text()) for w in (single, ddp))
+    ms, md = (json.loads((w / "metrics" / "train" / "run.json").read_text()) for w in (single, ddp))
     assert (ms["world_size"], md["world_size"]) == (1, WORLD)
     assert ms["steps"] == md["steps"] == STEPS and ms["parameters"] == md["parameters"]
-    hs, hd = (torch.load(w / "models" / "latest.pt", weights_only=True)["history"] for w in (single, ddp))
+    hs, hd = (torch.load(w / "models" / "run" / "latest.pt", weights_only=True)["history"] for w in (single, ddp))
     assert [r["step"] for r in hs] == [r["step"] for r in hd] == list(range(1, STEPS + 1))
     worst = {}
     for a, b in zip(hs, hd):
@@ -180,7 +181,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path, data, 
         + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
     )
 
-    ws, wd = (torch.load(w / "models" / "latest.pt", weights_only=True)["model"] for w in (single, ddp))
+    ws, wd = (torch.load(w / "models" / "run" / "latest.pt", weights_only=True)["model"] for w in (single, ddp))
     assert ws.keys() == wd.keys()
     biases = sorted(k for k in ws if k.endswith("selection_bias.bias"))
     assert bool(biases) == bool(bias_rate), "the bias buffers exist exactly when the rule is on"

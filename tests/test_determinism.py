@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -24,12 +25,26 @@ def lab(tmp_path_factory, prepared) -> tuple[Path, Path]:
     """(params.yaml with a ~20-step LM run, prepared LM data dir)."""
     tmp = tmp_path_factory.mktemp("determinism")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["lm"]["train"].update(
-        steps=20, batch_size=8, eval_every=10, eval_batches=2, checkpoint_every=10, warmup_steps=4
-    )
+    for section in ("pretrain", "train"):  # the run fine-tunes from a base, as in the study
+        params["lm"][section].update(
+            steps=20, batch_size=8, eval_every=10, eval_batches=2, checkpoint_every=10, warmup_steps=4
+        )
     params["lm"]["evaluate"].update(max_batches=2, samples=1, sample_tokens=8)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    with in_directory(tmp):  # the base goes to models/base/lm/e8 of this project directory
+        argv = ["pretrain", "--task", "lm", "--model", "e8", "--quiet", "--params", str(tmp / "params.yaml")]
+        assert main([*argv, "--data-dir", str(prepared("lm"))]) == 0
     return tmp / "params.yaml", prepared("lm")
+
+
+@contextlib.contextmanager
+def in_directory(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def run_once(lab, out: Path, seed: int) -> dict[str, object]:
@@ -55,20 +70,21 @@ def run_once(lab, out: Path, seed: int) -> dict[str, object]:
         str(out / "metrics"),
         "--quiet",
     ]
-    assert main(["train", *cell]) == 0
-    assert main(["evaluate", *cell]) == 0
-    m = out / "metrics"
+    with in_directory(params.parent):
+        assert main(["train", *cell]) == 0
+        assert main(["evaluate", *cell]) == 0
+    m, run = out / "metrics", f"s{seed}"
     return {
-        "train": stable(json.loads((m / "train.json").read_text())),
+        "train": stable(json.loads((m / "train" / f"{run}.json").read_text())),
         "eval": {
-            **stable(json.loads((m / "eval.json").read_text())),
-            **json.loads((m / "eval.routing.json").read_text()),
+            **stable(json.loads((m / "eval" / f"{run}.json").read_text())),
+            **json.loads((m / "eval" / f"{run}.routing.json").read_text()),
         },
-        "meta": {k: v for k, v in json.loads((m / "eval.meta.json").read_text()).items() if k != "versions"},
-        "samples": (m / "samples.md").read_text(),
+        "meta": {k: v for k, v in json.loads((m / "eval" / f"{run}.meta.json").read_text()).items() if k != "versions"},
+        "samples": (m / "eval" / f"{run}.samples.md").read_text(),
         "curves": {
             p.relative_to(m).as_posix(): p.read_text()
-            for p in sorted((m / "live" / "plots" / "metrics").rglob("*.tsv"))
+            for p in sorted((m / "train" / "live" / run / "plots" / "metrics").rglob("*.tsv"))
         },
     }
 

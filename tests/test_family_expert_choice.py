@@ -11,10 +11,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from familylab import check_train_evaluate, listed, study_params
 from moelab.cli import main
-from moelab.config import ConfigError, load_params, resolve_run
+from moelab.config import ConfigError
 from moelab.models.switch import SwitchSeq2Seq, stack_moe_configs
 from moelab.moe import MoEConfig, MoELayer, OptionError, moe_flops_per_token
 from moelab.moe.selection.expert_choice import ExpertChoice
+from moelab.resolve import load_params, resolve_run
 
 E, D, K = 4, 12, 2
 

@@ -16,11 +16,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import SwitchTransformersConfig
 
 from familylab import check_train_evaluate, listed_options
-from moelab.config import ConfigError, load_params, resolve_run
+from moelab.config import ConfigError
 from moelab.flops import counted_flops, decoder_flops_per_token
 from moelab.models.switch import moe_config_for
 from moelab.moe import MoEConfig, MoELayer, OptionError, moe_flops_per_token
 from moelab.moe.init import InitConfig
+from moelab.resolve import load_params, resolve_run
 
 D, F_WIDTH, E = 16, 32, 3
 

@@ -15,13 +15,13 @@ import pytest
 import torch
 from scipy.stats import truncnorm
 
-from moelab.config import load_params, resolve_run
 from moelab.models.blocks import DenseFFN
 from moelab.models.classifier import EncoderClassifier
 from moelab.models.lm import DecoderLM
 from moelab.models.switch import SwitchSeq2Seq
 from moelab.moe import MoEConfig, MoELayer
 from moelab.moe.init import InitConfig, switch_init_
+from moelab.resolve import load_params, resolve_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CUT = truncnorm(-2, 2)

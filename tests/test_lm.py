@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import loop_experts
-from moelab.config import load_params, resolve_run
 from moelab.flops import decoder_flops_per_token
 from moelab.models.lm import IGNORE, DecoderLM, filter_logits
+from moelab.resolve import load_params, resolve_run
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_second_train_on_the_same_directory_is_refused_and_a_crash_releases_the_
     train = cli("train", params, tmp_path, "--quiet", data=data)
     holder = subprocess.Popen(train, env=ENV, stderr=subprocess.PIPE)
     try:
-        wait_for(tmp_path / "models" / "latest.pt", holder)
+        wait_for(tmp_path / "models" / "run" / "latest.pt", holder)
         capfd.readouterr()
         assert main(train[3:]) == 2  # the second run (in this process)
         lines = capfd.readouterr().err.strip().splitlines()
@@ -60,10 +60,10 @@ def test_second_train_on_the_same_directory_is_refused_and_a_crash_releases_the_
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
-    saved = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["step"]
+    saved = torch.load(tmp_path / "models" / "run" / "latest.pt", weights_only=True)["step"]
     assert main([*train[3:], "--stop-after", str(saved + 1)]) == 0
-    assert torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["step"] == saved + 1
-    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["resumed_from_step"] == saved
+    assert torch.load(tmp_path / "models" / "run" / "latest.pt", weights_only=True)["step"] == saved + 1
+    assert json.loads((tmp_path / "metrics" / "train" / "run.json").read_text())["resumed_from_step"] == saved
 
 
 def test_second_prepare_of_the_same_directory_is_refused(tmp_path, capfd):

@@ -42,6 +42,8 @@ def tiny_params(path: Path, steps: int = 40, **overrides) -> Path:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p.update(tasks=["lm"], routers=["linear"], gates=["softmax-top2"], models=["e8"], model="e8", top_k=2)
     p["moe"]["bias_update_rate"] = 0.01
+    for task in ("lm", "summarization", "classification"):
+        p[task]["pretrain"] = None  # every run from its own initialisation: no base to train first
     p["lm"]["train"].update(
         steps=steps, batch_size=4, checkpoint_every=5, eval_every=10, eval_batches=2, warmup_steps=4
     )
@@ -90,7 +92,7 @@ def digest(*dirs: Path) -> dict[str, str]:
 
 
 def metrics_of(work: Path) -> dict:
-    m = json.loads((work / "metrics" / "train.json").read_text())
+    m = json.loads((work / "metrics" / "train" / "run.json").read_text())
     return {k: v for k, v in m.items() if k not in VOLATILE}
 
 
@@ -99,7 +101,7 @@ def weights(path: Path) -> dict:
 
 
 def live_logs(work: Path) -> dict[str, str]:
-    base = work / "metrics" / "live" / "plots" / "metrics"
+    base = work / "metrics" / "train" / "live" / "run" / "plots" / "metrics"
     return {str(f.relative_to(base)): f.read_text() for f in sorted(base.rglob("*.tsv"))}
 
 
@@ -115,7 +117,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def start_and_signal(params: Path, work: Path, sig: int, settle: float) -> subprocess.Popen:
     """Start `moelab train`, wait for its first checkpoint, wait `settle` s more, send `sig`."""
-    latest = work / "models" / "latest.pt"
+    latest = work / "models" / "run" / "latest.pt"
     proc = subprocess.Popen(
         cli("train", params, work, "--quiet"), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -133,27 +135,27 @@ def assert_resumes_exactly(work: Path, params: Path, reference: Path, resumed_at
     from moelab.cli import main
 
     assert main(cli("train", params, work, "--quiet")[3:]) == 0
-    resumed = json.loads((work / "metrics" / "train.json").read_text())
+    resumed = json.loads((work / "metrics" / "train" / "run.json").read_text())
     assert resumed["resumed_from_step"] == resumed_at
     assert metrics_of(work) == metrics_of(reference)  # bit-exact on CPU
     for name in ("latest.pt", "best.pt"):
-        a, b = weights(reference / "models" / name), weights(work / "models" / name)
+        a, b = weights(reference / "models" / "run" / name), weights(work / "models" / "run" / name)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
     biases = [k for k in a if k.endswith("selection_bias.bias")]
     assert biases and any(a[k].abs().sum() > 0 for k in biases), "selection bias not active / not checkpointed"
-    state = torch.load(work / "models" / "latest.pt", weights_only=True)
+    state = torch.load(work / "models" / "run" / "latest.pt", weights_only=True)
     assert [r["step"] for r in state["history"]] == list(range(1, 41))
     assert live_logs(work) == live_logs(reference)  # DVCLive: no step logged twice or lost
-    assert not list((work / "models").glob(".*.tmp"))
+    assert not list((work / "models" / "run").glob(".*.tmp"))
 
 
 def test_sigkill_resume_is_exact(tmp_path, uninterrupted):
     params = tiny_params(tmp_path / "params.yaml")
     proc = start_and_signal(params, tmp_path, signal.SIGKILL, settle=0.05)  # somewhere between checkpoints
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not (tmp_path / "metrics" / "train.json").exists()
-    killed_at = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["step"]
+    assert not (tmp_path / "metrics" / "train" / "run.json").exists()
+    killed_at = torch.load(tmp_path / "models" / "run" / "latest.pt", weights_only=True)["step"]
     assert 0 < killed_at < 40
     assert_resumes_exactly(tmp_path, params, uninterrupted, killed_at)
 
@@ -167,10 +169,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes_exactly(tmp_path, uninterrupted):
     assert proc.returncode == 130, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("moelab train: "), stderr
-    saved = torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["step"]
+    saved = torch.load(tmp_path / "models" / "run" / "latest.pt", weights_only=True)["step"]
     assert 5 <= saved < 40  # the step it had finished, whether or not checkpoint_every divides it
     assert f"interrupted at step {saved} of 40" in lines[0] and "re-run the same command" in lines[0]
-    assert not (tmp_path / "metrics" / "train.json").exists()
+    assert not (tmp_path / "metrics" / "train" / "run.json").exists()
     assert_resumes_exactly(tmp_path, params, uninterrupted, saved)
 
 
@@ -192,7 +194,7 @@ def test_resume_with_another_world_size_is_refused(tmp_path, capfd):
 
     argv = cli("train", tiny_params(tmp_path / "params.yaml", steps=10), tmp_path, "--quiet")[3:]
     assert main([*argv, "--stop-after", "5"]) == 0
-    latest = tmp_path / "models" / "latest.pt"
+    latest = tmp_path / "models" / "run" / "latest.pt"
     state = torch.load(latest, weights_only=True)
     assert state["world_size"] == 1
     state["world_size"] = 2  # as if written by `torchrun --nproc_per_node 2`
@@ -265,7 +267,15 @@ def test_written_files_respect_the_umask(tmp_path):
     files = [f for d in (data, tmp_path / "models", tmp_path / "metrics") for f in d.rglob("*") if f.is_file()]
     dirs = [data, tmp_path / "models", tmp_path / "metrics", *(f.parent for f in files)]
     names = {f.name for f in files}
-    assert {"tokenizer.json", "manifest.json", "train.npy", "latest.pt", "best.pt", "train.json", "eval.json"} <= names
+    assert {
+        "tokenizer.json",
+        "manifest.json",
+        "train.npy",
+        "latest.pt",
+        "best.pt",
+        "run.json",
+        "run.meta.json",
+    } <= names
     assert modes(*files) == dict.fromkeys(modes(*files), "0o644")
     assert modes(*dirs) == dict.fromkeys(modes(*dirs), "0o755")
 
@@ -287,8 +297,8 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     """PyYAML (YAML 1.1) reads `1e4` as the string '1e4'; params.yaml is read with YAML 1.2's rule,
     as DVC reads it, so `lr: 1e4` is the number 10000.0 (and names such as e8 stay names)."""
     from moelab.cli import main
-    from moelab.config import load_params
     from moelab.config.load import read_yaml
+    from moelab.resolve import load_params
 
     f = tmp_path / "values.yaml"
     f.write_text("a: 1e4\nb: 1E-3\nc: -2e-5\nd: +1e2\ne: 12\nf: e8\ng: 1.5\nh: .inf\ni: 1_000\n")
@@ -389,7 +399,7 @@ def test_non_finite_loss_stops_and_its_advice_works(tmp_path, monkeypatch, capfd
 
     params = tiny_params(tmp_path / "params.yaml", steps=20)
     argv = cli("train", params, tmp_path, "--quiet")[3:]
-    latest = tmp_path / "models" / "latest.pt"
+    latest = tmp_path / "models" / "run" / "latest.pt"
     seen = {"steps": 0, "latest": None, "armed": True}
     real_loss = tr.task_loss
 
@@ -416,15 +426,15 @@ def test_non_finite_loss_stops_and_its_advice_works(tmp_path, monkeypatch, capfd
     assert f"lower {knob}" in msg and "params.yaml" in msg and "starts a fresh run" in msg, msg
     assert "resume from step 5 (--restart: from step 0)" in msg, msg
     assert latest.read_bytes() == seen["latest"]
-    assert not (tmp_path / "metrics" / "train.json").exists()
+    assert not (tmp_path / "metrics" / "train" / "run.json").exists()
 
     seen["armed"] = False  # the advice: lower that value in params.yaml, re-run the same command
     tiny_params(params, steps=20, **{knob: lowered})
     assert main(argv) == 0
     started = [line for line in capfd.readouterr().out.splitlines() if "started fresh" in line]
     assert len(started) == 1 and knob.split(".")[-1] in started[0], started
-    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["resumed_from_step"] == 0
-    aside = tmp_path / ".models.previous" / "latest.pt"
+    assert json.loads((tmp_path / "metrics" / "train" / "run.json").read_text())["resumed_from_step"] == 0
+    aside = tmp_path / "models" / ".run.previous" / "latest.pt"
     assert aside.read_bytes() == seen["latest"], "the old run's checkpoint is moved aside, not deleted"
 
 
@@ -436,14 +446,16 @@ def test_restart_moves_the_run_aside_and_trains_from_step_zero(tmp_path, monkeyp
 
     argv = cli("train", tiny_params(tmp_path / "params.yaml", steps=10), tmp_path, "--quiet")[3:]
     assert main(argv) == 0
-    finished = (tmp_path / "models" / "latest.pt").read_bytes()
+    finished = (tmp_path / "models" / "run" / "latest.pt").read_bytes()
     capfd.readouterr()
     assert main([*argv, "--restart", "--stop-after", "3"]) == 0
     (line,) = [x for x in capfd.readouterr().out.splitlines() if "started fresh" in x]
-    assert line == f"moelab train: --restart: moved that run to {tmp_path / '.models.previous'} and started fresh"
-    assert (tmp_path / ".models.previous" / "latest.pt").read_bytes() == finished
-    assert json.loads((tmp_path / "metrics" / "train.json").read_text())["resumed_from_step"] == 0
-    assert torch.load(tmp_path / "models" / "latest.pt", weights_only=True)["step"] == 3
+    assert (
+        line == f"moelab train: --restart: moved that run to {tmp_path / 'models' / '.run.previous'} and started fresh"
+    )
+    assert (tmp_path / "models" / ".run.previous" / "latest.pt").read_bytes() == finished
+    assert json.loads((tmp_path / "metrics" / "train" / "run.json").read_text())["resumed_from_step"] == 0
+    assert torch.load(tmp_path / "models" / "run" / "latest.pt", weights_only=True)["step"] == 3
 
     def crash(model, batch):
         raise RuntimeError("simulated crash in the first step")
@@ -452,8 +464,10 @@ def test_restart_moves_the_run_aside_and_trains_from_step_zero(tmp_path, monkeyp
     with pytest.raises(RuntimeError, match="simulated crash"):
         main([*argv, "--restart"])
     assert "(replacing the one moved there before)" in capfd.readouterr().out
-    assert not (tmp_path / "metrics" / "train.json").exists(), "metrics of the moved-aside run left beside the new"
-    assert not (tmp_path / "metrics" / "train.meta.json").exists()
+    assert not (tmp_path / "metrics" / "train" / "run.json").exists(), (
+        "metrics of the moved-aside run left beside the new"
+    )
+    assert not (tmp_path / "metrics" / "train" / "run.meta.json").exists()
 
 
 def test_non_finite_loss_cli_one_line(tmp_path):
@@ -548,7 +562,7 @@ def _data(mutate, stage="train", task="lm"):
 
 def _ckpt(mutate, stage):
     def setup(work, params):
-        mutate(work / "models")
+        mutate(work / "models" / "run")  # the experiment's run
         return [stage], {}
 
     return setup
@@ -649,16 +663,31 @@ def _missing_params(work, params):
 
 
 def _report_of_truncated_eval(work, params):
-    """A study whose eval/s0.json was cut off mid-write (e.g. a full disk): `moelab report` reads it."""
-    variant = work / "study" / "lm" / "linear-softmax-top2-e8"
-    for stage, name in (("train", "train"), ("eval", "eval")):
-        (variant / stage).mkdir(parents=True)
-        for suffix in (".json", ".meta.json"):
-            shutil.copy(work / "metrics" / f"{name}{suffix}", variant / stage / f"s0{suffix}")
-    cut = variant / "eval" / "s0.json"
+    """A study whose eval/s0.json was cut off mid-write (e.g. a full disk): `moelab report` reads it.
+    The study is the trained run's evaluation, filed as every run params.yaml names (study.py's layout)."""
+    import yaml
+
+    from moelab.io import write_json, write_metrics
+    from moelab.resolve import load_params
+    from moelab.study import run_paths, runs, variants
+
+    raw = yaml.safe_load(params.read_text())
+    raw["seeds"] = [0]
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    study, evaluation = work / "study", json.loads((work / "metrics" / "eval" / "run.json").read_text())
+    loaded = load_params(params)
+    for variant in variants(loaded, "lm"):
+        run = runs(loaded, variant)[0]
+        paths = run_paths(variant, 0)
+        target = study.parent / paths.eval  # under work/metrics/study/...
+        write_metrics(target, evaluation, run.to_dict())
+        write_json(target.with_name("s0.routing.json"), {"layers": [], "specialisation": None})
+    write_json(study.parent / "metrics" / "study" / "lm" / "references.json", {})
+    cut = study.parent / run_paths(variants(loaded, "lm")[0], 0).eval
     cut.write_text(cut.read_text()[:40])
-    argv = ["report", "--params", str(params), "--study", str(work / "study"), "--bench", str(work / "bench")]
-    return argv + ["--out", str(work / "metrics"), "--plots", str(work / "plots")], {"argv": True}
+    argv = ["report", "--params", str(params), "--study", str(work / "metrics" / "study")]
+    argv += ["--bench", str(work / "bench"), "--out", str(work / "out"), "--plots", str(work / "plots")]
+    return argv, {"argv": True}
 
 
 def _empty_npy(d):
@@ -934,7 +963,7 @@ def test_bad_input_one_clear_line_nothing_lost(trained, tmp_path, case, setup, w
         assert w.lower() in lines[0].lower(), (w, lines[0])
     assert digest(*watched) == before  # nothing overwritten
     assert not pwned.exists()  # nothing unpickled / executed
-    assert not list((work / "models").glob(".*.tmp"))
+    assert not list((work / "models" / "run").glob(".*.tmp"))
     if opts.get("validation"):  # refused by validating params.yaml, i.e. before any data is read
         rc, check = _moelab(["check", "--params", str(params)], env, tmp_path, False, monkeypatch, capfd)
         assert rc == 2 and check.strip() == lines[0].replace(f"moelab {stage}:", "moelab check:", 1), check

@@ -20,12 +20,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import loop_experts
 from moelab.cli import main
-from moelab.config import ConfigError, load_params, resolve_run
+from moelab.config import ConfigError
 from moelab.models.lm import IGNORE
 from moelab.models.switch import MoESparseMLP, SwitchSeq2Seq, swap_sparse_mlps
 from moelab.moe import InitConfig, MoEConfig
 from moelab.moe.balancing.aux_loss import switch_aux_loss
 from moelab.moe.balancing.z_loss import router_z_loss
+from moelab.resolve import load_params, resolve_run
 from moelab.tasks.summarization import SummarizationTask, pad_batch, rouge_scores, seq2seq_flops_per_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,16 +221,26 @@ def test_pretrained_checkpoint_experts_are_loaded_into_moelab(checkpoint, summ_d
     assert task.decode(batch["input_ids"][0]).startswith("summarize: " + task.texts("train")["documents"][0][:10])
 
 
-def test_pretrained_checkpoint_trains_and_evaluates_through_the_cli(checkpoint, summ_data, tmp_path):
+def pretrain(params: Path, data: Path, *size: str) -> None:
+    """`moelab pretrain` of a checkpoint preset: the checkpoint becomes the base (models/base/..., cwd)."""
+    assert main(["pretrain", "--task", "summarization", *size, "--params", str(params), "--data-dir", str(data)]) == 0
+
+
+def test_pretrained_checkpoint_trains_and_evaluates_through_the_cli(checkpoint, summ_data, tmp_path, monkeypatch):
+    """The checkpoint is the base (imported by `moelab pretrain`, nothing trained); the variant starts from its
+    weights with fresh routing, trains and evaluates."""
     _, params = checkpoint
+    monkeypatch.chdir(tmp_path)
+    pretrain(params, summ_data, "--model", "e8")
+    assert (tmp_path / "models" / "base" / "summarization" / "e8" / "best.pt").is_file()
     cell = cli_cell(params, summ_data, tmp_path)
     assert main(["train", *cell]) == 0
     assert main(["evaluate", *cell]) == 0
-    metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    metrics = json.loads((tmp_path / "metrics" / "eval" / "s0.json").read_text())
     for key in ("test_rouge1", "test_rouge2", "test_rougeL", "test_rougeLsum", "val_rougeL"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["test_examples"] == SMALL_EVAL["batch_size"]
-    assert len(json.loads((tmp_path / "metrics" / "eval.routing.json").read_text())["layers"]) == 4
+    assert len(json.loads((tmp_path / "metrics" / "eval" / "s0.routing.json").read_text())["layers"]) == 4
 
 
 def test_fresh_router_on_a_checkpoint_keeps_its_experts_and_gets_moelab_init(checkpoint, summ_data, tmp_path):
@@ -259,8 +270,19 @@ def test_preset_with_other_n_experts_than_the_checkpoint_is_one_config_error(che
     run = resolve_run(load_params(params), task="summarization", gate="softmax-top1", model="e16")
     with pytest.raises(ConfigError, match="n_experts = 16 .* 4 experts"):
         SummarizationTask(run, summ_data).build_model()
-    capsys.readouterr()
-    assert main(["train", *cli_cell(params, summ_data, tmp_path, model="e16")]) == 2
+    capsys.readouterr()  # the pipeline meets it first where the checkpoint becomes the base
+    argv = [
+        "pretrain",
+        "--task",
+        "summarization",
+        "--model",
+        "e16",
+        "--params",
+        str(params),
+        "--data-dir",
+        str(summ_data),
+    ]
+    assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "n_experts: 4" in err, err
 
@@ -324,15 +346,20 @@ def test_dense_baseline_of_a_checkpoint_costs_the_active_flops_of_top_k(checkpoi
     assert dense["total"] == pytest.approx(moe["total"] - moe["router"], rel=1e-12)
 
 
-def test_dense_baseline_of_a_checkpoint_trains_and_evaluates_through_the_cli(checkpoint, summ_data, tmp_path):
+def test_dense_baseline_of_a_checkpoint_trains_and_evaluates_through_the_cli(
+    checkpoint, summ_data, tmp_path, monkeypatch
+):
     _, params = checkpoint
-    cell = [*cli_cell(params, summ_data, tmp_path), "--dense"]
+    monkeypatch.chdir(tmp_path)
+    pretrain(params, summ_data, "--dense")
+    cell = cli_cell(params, summ_data, tmp_path)
+    cell = ["--dense", *cell[cell.index("--seed") :], "--task", "summarization"]
     assert main(["train", *cell]) == 0
     assert main(["evaluate", *cell]) == 0
-    metrics = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    metrics = json.loads((tmp_path / "metrics" / "eval" / "s0.json").read_text())
     for key in ("test_rouge1", "test_rougeL", "val_rougeL"):
         assert 0.0 <= metrics[key] <= 1.0, key
-    assert json.loads((tmp_path / "metrics" / "eval.routing.json").read_text())["layers"] == []
+    assert json.loads((tmp_path / "metrics" / "eval" / "s0.routing.json").read_text())["layers"] == []
 
 
 def test_dense_width_that_is_not_whole_experts_of_the_checkpoint_is_one_config_error(checkpoint, summ_data):

@@ -13,8 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import loop_experts
 from moelab.cli import main
-from moelab.config import load_params, resolve_run
 from moelab.models.classifier import EncoderClassifier, masked_mean
+from moelab.resolve import load_params, resolve_run
 from moelab.tasks.classification import accuracy_macro_f1, classifier_flops_per_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,18 +111,25 @@ def tiny_params(tmp_path_factory) -> Path:
     for task, sections in TINY.items():
         for name, values in sections.items():
             data[task][name].update(values)
-        data[task]["train"].update(
-            steps=3, batch_size=4, warmup_steps=0, eval_every=3, eval_batches=1, checkpoint_every=3
-        )
+        for section in ("pretrain", "train"):
+            data[task][section].update(
+                steps=3, batch_size=4, warmup_steps=0, eval_every=3, eval_batches=1, checkpoint_every=3
+            )
     path = tmp_path_factory.mktemp("tiny") / "params.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
 @pytest.mark.parametrize("task, gate", [("summarization", "softmax-top2"), ("classification", "sparsemax")])
-def test_prepare_train_evaluate_through_the_cli(tiny_params, tmp_path, task, gate):
+def test_prepare_pretrain_train_evaluate_through_the_cli(tiny_params, tmp_path, monkeypatch, task, gate):
+    """The study's path for one variant, in the study's layout (moelab/study.py) under a fresh project
+    directory: prepare, the task's bases, the variant's run fine-tuned from its base, its evaluation."""
+    monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
     assert main(["prepare", "--task", task, "--out", str(data), "--params", str(tiny_params)]) == 0
+    assert main(["pretrain", "--task", task, "--quiet", "--params", str(tiny_params), "--data-dir", str(data)]) == 0
+    assert (tmp_path / "models" / "base" / task / "e8" / "best.pt").is_file()
+    assert (tmp_path / "models" / "base" / task / "dense" / "best.pt").is_file()
     cell = [
         "--task",
         task,
@@ -138,15 +145,11 @@ def test_prepare_train_evaluate_through_the_cli(tiny_params, tmp_path, task, gat
         str(tiny_params),
         "--data-dir",
         str(data),
-        "--models-dir",
-        str(tmp_path / "model"),
-        "--metrics-dir",
-        str(tmp_path / "metrics"),
         "--quiet",
     ]
     assert main(["train", *cell]) == 0
     assert main(["evaluate", *cell]) == 0
-    bench_cell = [a for a in cell if a not in ("--quiet",)][:-4]  # the cell, without --models/metrics-dir
+    bench_cell = [a for a in cell if a != "--quiet"]
     assert main(["benchmark", *bench_cell, "--out", str(tmp_path / "bench.json")]) == 0
     bench = json.loads((tmp_path / "bench.json").read_text())
     # analytic FLOPs from the realised routing == torch's FlopCounterMode on the real batch
@@ -158,15 +161,17 @@ def test_prepare_train_evaluate_through_the_cli(tiny_params, tmp_path, task, gat
         assert bench["flops_per_token"] > bench["flops_per_token_realised"]
     assert bench["moe_blocks"] == len(bench["experts_per_token"]) == 2
     assert bench["params_active"] < bench["params_total"] and bench["forward_p90_ms"] >= bench["forward_ms"] > 0
-    metrics = tmp_path / "metrics"
-    train = json.loads((metrics / "train.json").read_text())
+    metrics = tmp_path / "metrics" / "study" / task / f"linear-{gate}-e8"
+    train = json.loads((metrics / "train" / "s0.json").read_text())
     assert train["steps"] == 3
-    ev = json.loads((metrics / "eval.json").read_text())
+    meta = json.loads((metrics / "train" / "s0.meta.json").read_text())
+    assert meta["config"]["init_from"] == f"models/base/{task}/e8" and meta["inputs"]["base"]  # from its base
+    ev = json.loads((metrics / "eval" / "s0.json").read_text())
     for key in QUALITY[task]:
         assert 0.0 <= ev[key] <= 1.0, key
     assert ev["test_loss"] > 0 and ev["flops_per_token"] > 0 and ev["test_examples"] > 0
     assert all(isinstance(v, (int, float)) or v is None for v in ev.values()), "eval.json holds numbers only"
-    routing = json.loads((metrics / "eval.routing.json").read_text())
+    routing = json.loads((metrics / "eval" / "s0.routing.json").read_text())
     assert len(routing["layers"]) == 2  # e8: 1 encoder + 1 decoder sparse layer / 2 encoder blocks
     for layer in routing["layers"]:
         assert layer["tokens"] > 0 and len(layer["tokens_per_expert"]) == 8
@@ -176,7 +181,7 @@ def test_prepare_train_evaluate_through_the_cli(tiny_params, tmp_path, task, gat
         assert ev["experts_per_token"] == pytest.approx(2.0)
     for key in ("load_cv", "routing_entropy", "dropped_fraction"):
         assert ev[key] is not None, key
-    samples = (metrics / "samples.md").read_text()
+    samples = (metrics / "eval" / "s0.samples.md").read_text()
     assert samples.strip() and samples.startswith(f"# Samples: {task}/")
     if task == "summarization":
         assert samples.count("## Example") == 2 and "**generated:**" in samples

@@ -81,9 +81,11 @@ def _flat(d, prefix: str = "") -> dict:
     return out
 
 
-# Sections of the run config that do not decide what the weights are: evaluating (or sampling from) a
-# checkpoint with other evaluate params, or after `<task>.train` changed, is legitimate.
-NOT_WEIGHTS = ("evaluate", "train", "code")
+# Sections of the run config that do not decide what the weights are, or that evaluation does not
+# re-derive: evaluating (or sampling from) a checkpoint with other evaluate params, or after
+# `<task>.train` changed, is legitimate; the training code and the inputs' hashes are the train
+# stage's to check (train/loop.py fingerprint).
+NOT_WEIGHTS = ("evaluate", "train", "code", "inputs")
 
 
 def config_differences(fingerprint: str | None, config: dict, ignore: tuple[str, ...]) -> list[str]:

@@ -1,6 +1,7 @@
-"""`moelab <command>`: a thin dispatcher. Each command lives in its own module (one per DVC stage),
-which defines `add_arguments(parser)` and `run(args)`; only the chosen module is imported, so a
-command pays for no import it does not use.
+"""`moelab <command>`: a thin dispatcher. Each command lives in its own module, which defines
+`add_arguments(parser)` and `run(args)`; only the chosen module is imported, so a command pays for no
+import it does not use. A pipeline stage runs one command (study/dvc.yaml: prepare, references,
+pretrain, train, evaluate; dvc.yaml: exp, bench, report; fingerprints/dvc.yaml: machine, code, check).
 
 Every error moelab can explain is one line `moelab <command>: error: ...` and exit status 2
 (Ctrl-C during training: 130); anything else is a bug and keeps its traceback.
@@ -14,18 +15,23 @@ import os
 import sys
 
 COMMANDS = {  # name: (module, help)
+    "check": ("moelab.check", "validate params.yaml (and list the registered components)"),
     "prepare": ("moelab.data.prepare", "split a corpus, train a tokenizer, write token ids"),
-    "train": ("moelab.train.cli", "train one run, or every seed of a study variant (resumes from checkpoints)"),
-    "evaluate": ("moelab.evaluate", "evaluate one trained run, or every seed of a study variant"),
-    "cell": ("moelab.cell", "train, then evaluate, every seed of a study variant in one process (the study's stage)"),
-    "reference": ("moelab.reference", "score a task's trivial reference baselines (majority, lead-N, unigram ...)"),
+    "references": ("moelab.reference", "score a task's reference rows (majority, lead-N, n-grams, bag-of-words ...)"),
+    "pretrain": ("moelab.train.pretrain", "train a task's base of one model size (what its variants fine-tune from)"),
+    "train": ("moelab.train.cli", "train a study variant's runs (every seed), or the experiment (resumes)"),
+    "evaluate": ("moelab.evaluate", "evaluate a study variant's runs (every seed), or the experiment"),
+    "exp": ("moelab.exp", "train, then evaluate, the one experiment in one process (the exp stage)"),
     "benchmark": ("moelab.bench.single", "parameters, FLOPs, latency and memory of one variant"),
     "bench": ("moelab.bench.cli", "benchmark every study variant and the MoE layer; print the tables"),
+    "report": (
+        "moelab.report.cli",
+        "aggregate the study: metrics/summary.{json,md}, headline metrics, plots/",
+    ),
+    "scale": ("moelab.scale", "the budget study: quality vs training compute per task, width and budget"),
+    "claims": ("moelab.claims.cli", "re-test published gating claims: run a claim's cells x seeds, or report verdicts"),
     "machine": ("moelab.machine", "write the machine fingerprint the benchmark's timings depend on"),
     "code": ("moelab.stages", "write the hash of the code each pipeline stage runs (what dvc.yaml depends on)"),
-    "report": ("moelab.report.cli", "aggregate the study into metrics/summary.{json,md} and plots/"),
-    "claims": ("moelab.claims.cli", "re-test published gating claims: run a claim's cells x seeds, or report verdicts"),
-    "check": ("moelab.config.check", "validate params.yaml (and list the registered components)"),
 }
 
 

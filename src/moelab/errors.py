@@ -6,6 +6,8 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+
 
 class MoelabError(Exception):
     """Base of every error the CLI reports as one line."""
@@ -29,3 +31,9 @@ class NonFiniteLoss(MoelabError, RuntimeError):
 
 class LockError(MoelabError, RuntimeError):
     """Another process holds the directory this command writes to."""
+
+
+def did_you_mean(value, allowed) -> str:
+    """' (did you mean 'x'?)' when `value` is close to one of `allowed`, else ''."""
+    hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""

@@ -1,11 +1,13 @@
-"""The evaluate stage: quality on validation and test, routing statistics, samples.
+"""The evaluate stage: quality on validation and test, routing statistics, samples, of each run a
+variant's flags name (select.py), every seed `--jobs` at a time.
 
-Writes eval.json (numbers only: what `dvc metrics` shows), eval.meta.json (provenance),
-eval.routing.json (per-layer routing detail, expert specialisation) and samples.md.
+Writes eval/<run>.json (numbers only: what `dvc metrics` shows), eval/<run>.meta.json (provenance),
+eval/<run>.routing.json (per-layer routing detail, expert specialisation) and eval/<run>.samples.md.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from .checkpoint import load_checkpoint, load_model_state
 from .config import RunConfig
 from .io import atomic_write_text, write_json, write_metrics
 from .moe import RoutingStats
+from .study import RunPaths
 from .tasks import build_task
 
 DETAIL_KEYS = ("layers", "specialisation")  # structured detail kept out of the metrics file
@@ -24,7 +27,11 @@ class StatsCollector:
     """Sums each MoE layer's RoutingStats over every forward pass while active."""
 
     def __init__(self, model: torch.nn.Module):
-        self.layers = model.moe_layers()
+        from .moe import MoELayer
+
+        named = [(name, m) for name, m in model.named_modules() if isinstance(m, MoELayer)]
+        self.names = [name for name, _ in named]  # e.g. blocks.1.ffn, hf.decoder.block.1.layer.2.mlp.moe
+        self.layers = [m for _, m in named]
         self.stats = [RoutingStats() for _ in self.layers]
 
     @contextmanager
@@ -44,8 +51,23 @@ class StatsCollector:
 
     def summary(self) -> dict:
         """Overall means across MoE layers plus the per-layer detail."""
-        layers = [s.summary() for s in self.stats]
-        keys = ("experts_per_token", "load_cv", "max_violation", "router_z", "routing_entropy", "dropped_fraction")
+        layers = []
+        for name, layer, stats in zip(self.names, self.layers, self.stats):
+            summary = stats.summary()
+            n = (
+                layer.cfg.n_routed
+            )  # entropy / ln E: 1 = every token spread evenly (an untrained router), 0 = one expert
+            ratio = summary["routing_entropy"] / math.log(n) if n > 1 else 0.0
+            layers.append({"module": name, "n_experts": n, **summary, "routing_entropy_ratio": ratio})
+        keys = (
+            "experts_per_token",
+            "load_cv",
+            "max_violation",
+            "router_z",
+            "routing_entropy",
+            "routing_entropy_ratio",
+            "dropped_fraction",
+        )
         if not layers:
             return {**dict.fromkeys(keys), "layers": []}
         return {**{k: sum(layer[k] for layer in layers) / len(layers) for k in keys}, "layers": layers}
@@ -58,61 +80,47 @@ def load_trained(run: RunConfig, task, model_dir: Path, which: str = "best.pt"):
     return model.eval()
 
 
-def evaluate(
-    run: RunConfig,
-    data_dir: str | Path,
-    model_dir: str | Path,
-    metrics_path: str | Path,
-    samples_path: str | Path | None = None,
-    progress: bool = True,
-) -> dict:
+def evaluate(run: RunConfig, data_dir: str | Path, paths: RunPaths, progress: bool = True) -> dict:
+    """Evaluate the run's best.pt: paths.eval (numbers: what `dvc metrics` shows) and its provenance,
+    paths.routing (per-layer detail, expert specialisation), paths.samples."""
     torch.manual_seed(run.seed)
     task = build_task(run, Path(data_dir))
     task.check_data()  # every split readable before the checkpoint is loaded
-    model = load_trained(run, task, Path(model_dir))
+    model = load_trained(run, task, paths.checkpoints)
     collector = StatsCollector(model)
     with torch.no_grad():
         metrics, samples = task.evaluate(model, collector, progress=progress)
     headline = {k: v for k, v in metrics.items() if k not in DETAIL_KEYS}
     detail = {k: metrics[k] for k in DETAIL_KEYS if k in metrics}
-    metrics_path = Path(metrics_path)
-    write_json(metrics_path.with_name(f"{metrics_path.stem}.routing.json"), detail)
-    if samples_path:
-        atomic_write_text(samples_path, samples)
-    write_metrics(metrics_path, headline, run.to_dict())
+    write_json(paths.routing, detail)
+    atomic_write_text(paths.samples, samples)
+    write_metrics(paths.eval, headline, run.to_dict())
     return metrics
+
+
+def headline(metrics: dict) -> dict:
+    """The test-split numbers a one-line summary shows."""
+    return {k: round(v, 4) for k, v in metrics.items() if k.startswith("test_") and isinstance(v, float)}
 
 
 # ---------------------------------------------------------------- `moelab evaluate`
 def add_arguments(p) -> None:
-    from .config.cli import add_cell_arguments
+    from .select import add_run_arguments
 
-    add_cell_arguments(p)
-    p.add_argument("--models-dir", required=True, help="checkpoints (with --all-seeds: <dir>/s<seed>)")
-    p.add_argument(
-        "--metrics-dir",
-        required=True,
-        help="eval.json, samples.md (with --all-seeds: s<seed>.json, s<seed>.samples.md)",
-    )
-    p.add_argument("--data-dir", help="prepared data (default data/prepared/<task>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(p)
+    p.add_argument("--jobs", type=int, default=0, help="runs at a time, one thread each (0: one per CPU core)")
 
 
 def run(args) -> None:
-    from .config.cli import runs_from_args
+    from .parallel import run_all
+    from .select import select_runs
 
-    _, runs = runs_from_args(args)
-    many = getattr(args, "all_seeds", False)
-    for run_cfg in runs:
-        name = f"s{run_cfg.seed}" if many else "eval"
-        out = Path(args.metrics_dir)
-        m = evaluate(
-            run_cfg,
-            args.data_dir or f"data/prepared/{run_cfg.task}",
-            Path(args.models_dir) / (f"s{run_cfg.seed}" if many else ""),
-            out / f"{name}.json",
-            out / (f"{name}.samples.md" if many else "samples.md"),
-            progress=not args.quiet,
-        )
-        headline = {k: round(v, 4) for k, v in m.items() if k.startswith("test_") and isinstance(v, float)}
-        print(f"evaluated {run_cfg.task}/{run_cfg.name}/s{run_cfg.seed}: {headline}")
+    selection = select_runs(args)
+    progress = not args.quiet and len(selection.runs) == 1
+    run_all(evaluate_one, [(run, selection.data_dir, paths, progress) for run, paths in selection.runs], args.jobs)
+
+
+def evaluate_one(run: RunConfig, data_dir: Path, paths: RunPaths, progress: bool) -> dict:
+    metrics = evaluate(run, data_dir, paths, progress)
+    print(f"evaluated {run.task}/{run.name}/s{run.seed}: {headline(metrics)}", flush=True)
+    return headline(metrics)

@@ -1,64 +1,49 @@
-"""Resolution: Params -> the RunConfig of one cell (task x router x gate x model size x seed, or a
-dense baseline). A model gets a ModelConfig, the training loop a TrainConfig; nothing downstream
-reads params.yaml.
+"""params.yaml -> validated Params -> the RunConfig of one run: a variant of the study (task x router x
+gate x model size x seed), the dense baseline, or a base (the pretraining run a variant fine-tunes
+from). A model gets a ModelConfig, the training loop a TrainConfig; nothing downstream reads params.yaml.
+
+Above the tasks and the MoE layer (it reads their registries); config/ below it only parses. Every
+check is here, once, before any stage does work: an unknown name, a MoE option its component refuses,
+a causal model that would see the future, a data source that cannot be read — each one line naming
+the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..moe import InitConfig, MoEConfig, OptionError
-from .load import check_name
-from .schema import DataParams, EvalParams, ModelPreset, Params, TaskParams, TrainConfig
+from .config import ConfigError, ModelConfig, ModelPreset, Params, RunConfig, TaskParams, TaskSchema, read_yaml
+from .config.load import build_params, check_name
+from .errors import did_you_mean
+from .moe import MoEConfig, OptionError
 
 GATE_CORE = ("norm", "top_k")  # a gate preset's own keys; the rest are MoE option overrides
+DENSE = "dense"  # the dense baseline's variant (and gating) name
+BASE = "base"  # a base's variant name: base-<size> (base-dense: the dense baseline's base)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    """What a model is built from: sizes, the MoE layer (None: dense baseline), initialisation."""
+def task_schemas() -> dict[str, TaskSchema]:
+    """Each registered task's typed sections (a task declares them: tasks/<task>.py)."""
+    from .tasks import TASKS
 
-    d_model: int
-    n_layers: int
-    n_heads: int
-    dense_d_ff: int  # width of every dense FFN (non-MoE blocks; the dense baseline)
-    moe: MoEConfig | None  # the MoE FFN (the task derives causal variants from it)
-    moe_every: int = 1  # MoE FFN in blocks moe_every-1, 2*moe_every-1, ... (0: none)
-    dropout: float = 0.0
-    activation: str = "gelu"
-    pretrained: str | None = None
-    init: InitConfig = dataclasses.field(default_factory=InitConfig)
-    router_from_checkpoint: bool = True  # pretrained: copy the checkpoint's linear router (False: moelab's init)
-
-    def moe_block_indices(self) -> list[int]:
-        if self.moe is None or self.moe_every <= 0:
-            return []
-        return [i for i in range(self.n_layers) if (i + 1) % self.moe_every == 0]
+    return {name: TaskSchema(cls.data_params, cls.eval_params) for name, cls in TASKS.classes.items()}
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one training/evaluation run needs, fully resolved."""
-
-    task: str
-    name: str  # variant name, e.g. attention-sparsemax-e16 or dense
-    gating: str  # router-gate, e.g. attention-sparsemax, or dense
-    preset: str  # model-size preset name (for dense: the preset it matches)
-    seed: int
-    model: ModelConfig
-    data: DataParams
-    train: TrainConfig
-    evaluate: EvalParams
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+def parse_params(raw: dict) -> Params:
+    """Type-check a params mapping (read_yaml) against the tasks' sections; no cross-field checks."""
+    return build_params(raw, task_schemas())
 
 
-# ---------------------------------------------------------------- one cell
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read, type-check and validate params.yaml (every run the study and the experiment name is resolved once)."""
+    params = parse_params(read_yaml(path))
+    validate(params)
+    return params
+
+
+# ---------------------------------------------------------------- one run
 def gate_name(params: Params, norm: str, top_k: int) -> str:
     """The gate preset with exactly this norm and k and no option overrides, or a derived name."""
     for name, preset in params.gate_presets.items():
@@ -78,29 +63,15 @@ def resolve_run(
     model: str | None = None,
     seed: int | None = None,
     dense: bool = False,
+    init_from: str | None = None,
 ) -> RunConfig:
-    """Resolve one run. Unset arguments fall back to the scalar experiment keys of params.yaml."""
+    """Resolve one run of `<task>.train`. Unset arguments fall back to the scalar experiment keys of
+    params.yaml; init_from: the base directory it fine-tunes from (None: from its own initialisation)."""
     task = task or params.task
     section = task_params(params, task)
     seed = params.seed if seed is None else seed
-    init = InitConfig(**dataclasses.asdict(params.init))
     if dense:
-        preset = _preset(section, params.dense.model, task, "dense.model")
-        model_cfg = _model_config(preset, None, params.dense.top_k * preset.d_ff, init)
-        return _checked(
-            RunConfig(
-                task,
-                "dense",
-                "dense",
-                params.dense.model,
-                seed,
-                model_cfg,
-                section.data,
-                section.train,
-                section.evaluate,
-            ),
-            None,
-        )
+        return _checked(_dense_run(params, task, section, seed, section.train, DENSE, init_from), None)
     router = router or params.router
     overrides: dict[str, Any] = {}
     if gate is not None:
@@ -133,15 +104,37 @@ def resolve_run(
         gating,
         model,
         seed,
-        _model_config(preset, moe, preset.d_ff, init),
+        _model_config(preset, moe, preset.d_ff, params),
         section.data,
         section.train,
         section.evaluate,
+        init_from,
     )
     return _checked(run, where)
 
 
-def _model_config(preset: ModelPreset, moe: MoEConfig | None, dense_d_ff: int, init: InitConfig) -> ModelConfig:
+def resolve_base(params: Params, task: str, size: str) -> RunConfig:
+    """The pretraining run of the base of `task` at model size `size` (a preset, or `dense` for the dense
+    baseline's base): params.base's router and gate (dense: the dense FFN), `<task>.pretrain`, seed base.seed."""
+    section = task_params(params, task)
+    if section.pretrain is None:
+        raise ConfigError(f"params.yaml: {task}.pretrain is not set: task {task!r} has no base to pretrain")
+    if size == DENSE:
+        return _checked(_dense_run(params, task, section, params.base.seed, section.pretrain, f"{BASE}-{DENSE}"), None)
+    run = resolve_run(params, task=task, router=params.base.router, gate=params.base.gate, model=size)
+    return dataclasses.replace(run, name=f"{BASE}-{size}", seed=params.base.seed, train=section.pretrain)
+
+
+def _dense_run(params: Params, task: str, section: TaskParams, seed: int, train, name: str, init_from=None):
+    """The dense baseline: FFN width dense.top_k x d_ff of preset dense.model (the active FLOPs of top-k)."""
+    preset = _preset(section, params.dense.model, task, "dense.model")
+    model = _model_config(preset, None, params.dense.top_k * preset.d_ff, params)
+    return RunConfig(
+        task, name, DENSE, params.dense.model, seed, model, section.data, train, section.evaluate, init_from
+    )
+
+
+def _model_config(preset: ModelPreset, moe: MoEConfig | None, dense_d_ff: int, params: Params) -> ModelConfig:
     return ModelConfig(
         preset.d_model,
         preset.n_layers,
@@ -152,14 +145,14 @@ def _model_config(preset: ModelPreset, moe: MoEConfig | None, dense_d_ff: int, i
         preset.dropout,
         preset.activation,
         preset.pretrained,
-        init,
+        params.init,
         preset.router_from_checkpoint,
     )
 
 
 def _checked(run: RunConfig, where: _KeyMap | None) -> RunConfig:
     """Let the task validate the MoE layers it will build (e.g. causal ones) and its own settings."""
-    from ..tasks import TASKS
+    from .tasks import TASKS
 
     try:
         TASKS.get(run.task).check_run(run)
@@ -194,7 +187,7 @@ class _KeyMap:
 
 
 def task_params(params: Params, task: str) -> TaskParams:
-    from ..tasks import TASKS
+    from .tasks import TASKS
 
     _check_choice("task", task, tuple(TASKS.names()))
     section = params.task_sections.get(task)
@@ -214,41 +207,31 @@ def _preset(section: TaskParams, model: str, task: str, key: str) -> ModelPreset
 
 def _check_choice(key: str, value, allowed: tuple, key_hint: str | None = None) -> None:
     if value not in allowed:
-        hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
-        did = f" (did you mean {hint[0]!r}?)" if hint else ""
         extra = f" (defined under {key_hint})" if key_hint else ""
         raise ConfigError(
-            f"params.yaml: {key} = {value!r} is not allowed{did}; allowed: {', '.join(map(str, allowed))}{extra}"
+            f"params.yaml: {key} = {value!r} is not allowed{did_you_mean(value, allowed)}; "
+            f"allowed: {', '.join(map(str, allowed))}{extra}"
         )
 
 
 def _check_option_keys(where: str, options: dict, extra: tuple = ()) -> None:
-    from ..moe import all_params
+    from .moe import all_params
 
     known = [*extra, *all_params()]
     for key in options:
         if key not in known:
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            did = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ConfigError(
-                f"params.yaml: unknown key '{where}.{key}'{did}; allowed keys here: {', '.join(known)} "
-                "(each MoE option is declared by its component: `moelab check --list`)"
+                f"params.yaml: unknown key '{where}.{key}'{did_you_mean(key, known)}; allowed keys here: "
+                f"{', '.join(known)} (each MoE option is declared by its component: `moelab check --list`)"
             )
 
 
 # ---------------------------------------------------------------- the whole file
-def study_cells(params: Params, tasks: list[str] | None = None) -> list[tuple[str, str, str, str]]:
-    """(task, router, gate, model) of every MoE variant of the study."""
-    return [
-        (t, r, g, m) for t in tasks or params.tasks for r in params.routers for g in params.gates for m in params.models
-    ]
-
-
 def validate(params: Params) -> None:
-    """Cross-field checks; every cell the study and the one experiment will run is resolved once."""
-    from ..moe.normalisers import NORMALISERS
-    from ..moe.routers import ROUTERS
-    from ..tasks import TASKS
+    """Cross-field checks; every run the study and the one experiment will run is resolved once."""
+    from .moe.normalisers import NORMALISERS
+    from .moe.routers import ROUTERS
+    from .tasks import TASKS
 
     _check_choice("task", params.task, tuple(TASKS.names()))
     _check_choice("router", params.router, tuple(ROUTERS.names()))
@@ -257,6 +240,32 @@ def validate(params: Params) -> None:
         for i, name in enumerate(getattr(params, key)):
             check_name(f"{key}[{i}]", name)
     _check_option_keys("moe", params.moe)
+    _validate_gates(params)
+    for task, section in params.task_sections.items():
+        _validate_section(task, section)
+    for t in params.tasks:
+        _check_choice("tasks", t, tuple(TASKS.names()))
+        task_params(params, t)
+    for r in params.routers:
+        _check_choice("routers", r, tuple(ROUTERS.names()))
+    for g in params.gates:
+        _check_choice("gates", g, tuple(params.gate_presets), key_hint="gate_presets")
+    _check_choice("base.router", params.base.router, tuple(ROUTERS.names()))
+    _check_choice("base.gate", params.base.gate, tuple(params.gate_presets), key_hint="gate_presets")
+    for key in ("tasks", "routers", "gates", "models", "seeds"):
+        values = getattr(params, key)
+        if len(set(values)) != len(values):
+            raise ConfigError(f"params.yaml: {key} = {values} is not allowed; allowed: distinct values")
+    _resolve_everything(params)
+    if params.benchmark.layer.top_k > params.benchmark.layer.n_experts:
+        raise ConfigError(
+            f"params.yaml: benchmark.layer.top_k = {params.benchmark.layer.top_k} is not allowed; "
+            f"allowed: 1..{params.benchmark.layer.n_experts} (benchmark.layer.n_experts)"
+        )
+    _check_choice("benchmark.layer.dtype", params.benchmark.layer.dtype, ("auto", "float32", "bfloat16"))
+
+
+def _validate_gates(params: Params) -> None:
     for name, gate in params.gate_presets.items():
         check_name(f"gate_presets.{name}", name)
         for core in GATE_CORE:
@@ -265,38 +274,38 @@ def validate(params: Params) -> None:
         _check_option_keys(
             f"gate_presets.{name}", {k: v for k, v in gate.items() if k not in GATE_CORE}, extra=GATE_CORE
         )
-    for task, section in params.task_sections.items():
-        for name, preset in section.models.items():
-            check_name(f"{task}.models.{name}", name)
-            if preset.d_model % preset.n_heads:
-                raise ConfigError(
-                    f"params.yaml: {task}.models.{name}.n_heads = {preset.n_heads} is not allowed; "
-                    f"allowed: a divisor of d_model = {preset.d_model}"
-                )
-        data = section.data
-        if data.val_frac + data.test_frac >= 1:
+
+
+def _validate_section(task: str, section: TaskParams) -> None:
+    from .data.corpora import check_source
+    from .tasks import TASKS
+
+    for name, preset in section.models.items():
+        check_name(f"{task}.models.{name}", name)
+        if preset.d_model % preset.n_heads:
             raise ConfigError(
-                f"params.yaml: {task}.data.val_frac + test_frac = {data.val_frac + data.test_frac} "
-                "is not allowed; allowed: < 1 (the training split needs documents)"
+                f"params.yaml: {task}.models.{name}.n_heads = {preset.n_heads} is not allowed; "
+                f"allowed: a divisor of d_model = {preset.d_model}"
             )
-        TASKS.get(task).check_params(section, task)
-    for t in params.tasks:
-        _check_choice("tasks", t, tuple(TASKS.names()))
-        task_params(params, t)
-    for r in params.routers:
-        _check_choice("routers", r, tuple(ROUTERS.names()))
-    for g in params.gates:
-        _check_choice("gates", g, tuple(params.gate_presets), key_hint="gate_presets")
-    if len(set(params.seeds)) != len(params.seeds):
-        raise ConfigError(f"params.yaml: seeds = {params.seeds} is not allowed; allowed: distinct seeds")
-    resolve_run(params)
-    for task, router, gate, model in study_cells(params):
-        resolve_run(params, task=task, router=router, gate=gate, model=model)
-    for task in params.tasks:
-        resolve_run(params, task=task, dense=True)
-    if params.benchmark.layer.top_k > params.benchmark.layer.n_experts:
+    data = section.data
+    if data.val_frac + data.test_frac >= 1:
         raise ConfigError(
-            f"params.yaml: benchmark.layer.top_k = {params.benchmark.layer.top_k} is not allowed; "
-            f"allowed: 1..{params.benchmark.layer.n_experts} (benchmark.layer.n_experts)"
+            f"params.yaml: {task}.data.val_frac + test_frac = {data.val_frac + data.test_frac} "
+            "is not allowed; allowed: < 1 (the training split needs documents)"
         )
-    _check_choice("benchmark.layer.dtype", params.benchmark.layer.dtype, ("auto", "float32", "bfloat16"))
+    check_source(f"{task}.data.source", data.source)
+    TASKS.get(task).check_params(section, task)
+
+
+def _resolve_everything(params: Params) -> None:
+    """Every run the pipeline will build: the experiment, each study variant and its base, the dense baseline."""
+    resolve_run(params)
+    for task in params.tasks:
+        for router in params.routers:
+            for gate in params.gates:
+                for model in params.models:
+                    resolve_run(params, task=task, router=router, gate=gate, model=model)
+        resolve_run(params, task=task, dense=True)
+        if task_params(params, task).pretrain is not None:
+            for size in [*params.models, DENSE]:
+                resolve_base(params, task, size)

@@ -4,28 +4,30 @@ The stages of dvc.yaml depend on fingerprints/code/<kind>.json instead of listin
 editing report or benchmark code re-runs no training, and DVC's lock file holds one code entry per
 stage instead of one per source path (DVC re-reads and rewrites the whole lock after every stage it
 runs, so its size is paid once per stage).
-tests/test_pipeline.py checks every list against the modules the real commands import.
+tests/test_pipeline.py checks every list against the modules the real commands import. A file listed
+twice (a kind's parts overlap) is hashed once.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .provenance import CELL, COMMAND, PARAMS, PREPARED, TRAIN_CODE, code_files, code_hash
+from .provenance import COMMAND, PARAMS, PREPARED, SELECT, TRAIN_CODE, code_files, code_hash
 
 BENCH = ("bench/__init__.py", "bench/cli.py", "bench/models.py", "bench/layer.py")  # not single.py (one variant)
-
-# what a run's evaluation depends on (cell.py stamps every evaluation with its hash)
-EVALUATE_CODE = (*COMMAND, *PARAMS, *PREPARED, *CELL, "evaluate.py", "flops.py")
+EVALUATE = (*COMMAND, *PARAMS, *PREPARED, *SELECT, "checkpoint.py", "evaluate.py", "flops.py")
 
 # stage kind: package-relative paths of the code its command imports
 STAGE_CODE = {
-    "prepare": (*COMMAND, *PARAMS, "data", "locking.py"),
-    # train, then evaluate: one run (the experiment) or, with the references, a task's whole study
-    "cell": (*TRAIN_CODE, "evaluate.py", "flops.py", "cell.py", "study.py", "reference.py", "stages.py"),
-    "bench": (*COMMAND, *PARAMS, *PREPARED, "checkpoint.py", "evaluate.py", "flops.py", *BENCH),
-    "report": (*COMMAND, *PARAMS, "report", "stats.py"),
-    "check": (*COMMAND, *PARAMS, "config/check.py"),
+    "check": (*COMMAND, *PARAMS, "check.py"),
+    "prepare": (*COMMAND, *PARAMS, *PREPARED, "study.py", "locking.py"),
+    "references": (*COMMAND, *PARAMS, *PREPARED, "study.py", "reference.py", "ngram.py"),
+    "train": TRAIN_CODE,  # train and pretrain: a checkpoint records this hash
+    "evaluate": EVALUATE,
+    "exp": (*TRAIN_CODE, *EVALUATE, "exp.py"),
+    "bench": (*COMMAND, *PARAMS, *PREPARED, *SELECT, "checkpoint.py", "evaluate.py", "flops.py", *BENCH),
+    "report": (*COMMAND, *PARAMS, "study.py", "report", "stats.py"),
+    "scale": (*TRAIN_CODE, *EVALUATE, "scale.py", "scale_report.py"),
 }
 
 

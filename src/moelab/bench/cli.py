@@ -20,8 +20,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    from ..config import ConfigError, load_params
+    from ..config import ConfigError
     from ..io import atomic_write_text, write_json, write_metrics
+    from ..resolve import load_params
     from .layer import layer_summary_metrics, layer_table, run_layer_bench
     from .models import bench_study, model_table
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import BenchmarkParams, Params, RunConfig, resolve_run, study_cells
+from ..config import BenchmarkParams, Params, RunConfig
 from ..cpu import malloc_tuned
 from ..evaluate import StatsCollector
 from ..flops import counted_flops
@@ -183,16 +183,10 @@ def benchmark(run: RunConfig, data_dir: str | Path, metrics_path: str | Path, bp
 
 # ------------------------------------------------------------------ the study
 def study_runs(params: Params, tasks: list[str] | None = None) -> list[RunConfig]:
-    """One run per variant of the study (seed: the first), and each task's dense baseline."""
-    seed = params.seeds[0]
-    runs = []
-    for task in tasks or params.tasks:
-        runs += [
-            resolve_run(params, task=t, router=r, gate=g, model=m, seed=seed)
-            for t, r, g, m in study_cells(params, [task])
-        ]
-        runs.append(resolve_run(params, task=task, dense=True, seed=seed))
-    return runs
+    """One run per variant of the study (moelab/study.py; seed: the first), the dense baseline included."""
+    from ..study import runs, variants
+
+    return [runs(params, v, params.seeds[:1])[0] for task in tasks or params.tasks for v in variants(params, task)]
 
 
 def bench_study(

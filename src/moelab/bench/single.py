@@ -1,22 +1,22 @@
-"""`moelab benchmark`: parameters, FLOPs, latency and memory of one variant."""
+"""`moelab benchmark`: parameters, FLOPs, latency and memory of one variant (its first seed's config)."""
 
 from __future__ import annotations
 
 
 def add_arguments(p) -> None:
-    from ..config.cli import add_cell_arguments
+    from ..select import add_run_arguments
 
-    add_cell_arguments(p, seeds=False)
+    add_run_arguments(p)
     p.add_argument("--out", required=True, help="the variant's JSON")
-    p.add_argument("--data-dir", help="prepared data (default data/prepared/<task>)")
 
 
 def run(args) -> None:
-    from ..config.cli import runs_from_args
+    from ..select import select_runs
     from .models import benchmark
 
-    params, (run_cfg,) = runs_from_args(args)
-    m = benchmark(run_cfg, args.data_dir or f"data/prepared/{run_cfg.task}", args.out, params.benchmark)
+    selection = select_runs(args)
+    run_cfg, _ = selection.runs[0]
+    m = benchmark(run_cfg, selection.data_dir, args.out, selection.params.benchmark)
     print(
         f"benchmark {run_cfg.task}/{run_cfg.name}: {m['params_total']} params ({m['params_active']} active), "
         f"{m['flops_per_token']:.3g} FLOPs/token, forward {m['forward_ms']:.2f} ms"

@@ -7,7 +7,6 @@ report  judges every claim and writes the claims table (json + md) and one figur
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 DEFAULTS = {  # relative to the repo root; claims/dvc.yaml passes paths relative to claims/
@@ -63,14 +62,9 @@ def run(args) -> None:
     names = list(spec.claims) if args.all else args.claim
     base = read_yaml(args.base_params)
     plans = [plan_claim(spec, name, base, quick=args.quick) for name in names]  # every claim checked first
+    from ..parallel import available_cores
+
     jobs = args.jobs or available_cores()
     for plan in plans:
         out = Path(args.runs_dir) / f"{plan.name}.json"
         run_claim(plan, Path(args.data_dir), Path(args.models_dir), out, jobs)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity, where the platform has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1

@@ -3,12 +3,12 @@
 A cell is a set of overrides of the root params.yaml (the base): router, norm, top_k, model, dense,
 and the sections moe / init / train / evaluate merged key by key, in the order
 defaults < the claim's `common` < the cell < `quick` (with --quick). Resolution goes through the
-same code as every other run (config.load.build_params, config.resolve.resolve_run), so a claim's
+same code as every other run (resolve.parse_params, resolve.resolve_run), so a claim's
 run is exactly what `moelab train` would run with those params.
 
 Before anything trains, every claim is checked for fairness: all its cells see the same training
 tokens (steps x batch x sequence length), and, where the claim says so, spend the same FFN FLOPs
-per token (config.flops: dense FFN + experts; routers are excluded, they are what differs).
+per token (moelab/flops.py: dense FFN + experts; routers are excluded, they are what differs).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import ConfigError, RunConfig, read_yaml, resolve_run
-from ..config.load import build, build_params, check_name
+from ..config import ConfigError, RunConfig, read_yaml
+from ..config.load import build, check_name
 from ..config.schema import allowed, positive
+from ..resolve import parse_params, resolve_run
 
 TASK = "lm"  # every claim is about a decoder LM on the bundled corpus
 KINDS = ("difference", "equivalence", "non_inferiority", "trend", "variance_ratio")
@@ -258,7 +259,7 @@ def resolve_cell(base_raw: dict, models: dict, settings: dict, seeds: list[int],
     if dense:  # the dense baseline: FFN width top_k x d_ff of the cell's model
         raw["dense"] = {"model": settings["model"], "top_k": settings["top_k"]}
     try:
-        params = build_params(raw)
+        params = parse_params(raw)
         preset = params.task_sections[TASK].models[settings["model"]]
     except ConfigError as err:
         raise ConfigError(f"{where}: {err}") from None

@@ -17,8 +17,6 @@ what it writes.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 from ..config import RunConfig
@@ -60,44 +58,35 @@ def run_claim(plan: ClaimPlan, data_dir: Path, models_dir: Path, out: Path, jobs
 
 
 def _execute(work: list, data_dir: Path, models_dir: Path, jobs: int) -> dict:
-    tasks = {(cell, seed): (run, data_dir, models_dir / run_key(run) / f"s{seed}") for cell, seed, run in work}
-    if jobs <= 1 or len(tasks) <= 1:
-        _one_thread()
-        return {key: run_one(*args) for key, args in tasks.items()}
-    # spawn: a fresh interpreter per worker (forking a process that has used torch is unsafe)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_one_thread) as pool:
-        futures = {key: pool.submit(run_one, *args) for key, args in tasks.items()}
-        return {key: future.result() for key, future in futures.items()}
+    """Every (cell, seed) run, `jobs` at a time, one thread each (moelab/parallel.py)."""
+    from ..parallel import run_all
+
+    keys = [(cell, seed) for cell, seed, _ in work]
+    args = [(run, data_dir, models_dir / run_key(run), seed) for _, seed, run in work]
+    return dict(zip(keys, run_all(run_one, args, jobs)))
 
 
-def _one_thread() -> None:
-    import torch
-
-    from ..cpu import keep_freed_memory
-
-    keep_freed_memory()
-    torch.set_num_threads(1)
-
-
-def run_one(run: RunConfig, data_dir: Path, run_dir: Path) -> dict:
+def run_one(run: RunConfig, data_dir: Path, variant_dir: Path, seed: int) -> dict:
     """Train (or resume, or reuse a finished run) and evaluate one cell x seed; its metrics, or
     `diverged` (the reason) when training stopped on a non-finite loss."""
     from ..evaluate import evaluate
+    from ..study import RunPaths, seed_run
     from ..train.loop import train
 
+    paths = RunPaths(variant_dir, variant_dir, seed_run(seed))  # checkpoints <dir>/s<seed>, metrics beside
     start = time.perf_counter()
     try:
-        trained = train(run, data_dir, run_dir, run_dir / "train.json", progress=False)
+        trained = train(run, data_dir, paths, progress=False)
     except NonFiniteLoss as err:  # an outcome of the run (e.g. an unstable initialisation), not of the study
         return {"diverged": str(err), "train_s": time.perf_counter() - start, "evaluate_s": 0.0}
     evaluated_at = time.perf_counter()
-    evaluated = evaluate(run, data_dir, run_dir, run_dir / "eval.json", progress=False)
+    evaluated = evaluate(run, data_dir, paths, progress=False)
     done = time.perf_counter()
     values = {key: evaluated.get(key) for key in METRICS if key in evaluated}
     values["max_violation_global"] = max_violation_global(evaluated.get("layers", []))
     return {
         **values,
-        "run_dir": str(run_dir),
+        "run_dir": str(paths.checkpoints),
         "flops_per_token": evaluated["flops_per_token"],
         "train_wall_s": trained["wall_s"],  # of the training itself (a reused run: when it trained)
         "train_s": evaluated_at - start,  # this process's time: training, or loading a finished run

@@ -1,13 +1,17 @@
-"""Typed, validated configuration read from params.yaml: schema (the sections and their allowed
-ranges), load (YAML -> dataclasses, checked once at the edge), resolve (one cell's RunConfig)."""
+"""Typed configuration, a leaf of the package: schema (the sections of params.yaml and their allowed
+ranges), load (YAML -> typed dataclasses, checked once at the edge) and run (what one resolved run is
+built from). Nothing here imports the tasks, models or MoE layer; resolving params into runs, which
+needs their registries, is moelab/resolve.py."""
 
 from ..errors import ConfigError
-from .load import load_params, read_yaml
-from .resolve import ModelConfig, RunConfig, gate_name, resolve_run, study_cells, task_params
+from .load import TaskSchema, build_params, read_yaml
+from .run import ModelConfig, RunConfig
 from .schema import (
+    BaseParams,
     BenchmarkParams,
     DataParams,
     EvalParams,
+    InitParams,
     LayerBenchParams,
     ModelPreset,
     Params,
@@ -16,21 +20,20 @@ from .schema import (
 )
 
 __all__ = [
+    "BaseParams",
     "BenchmarkParams",
     "ConfigError",
     "DataParams",
     "EvalParams",
+    "InitParams",
     "LayerBenchParams",
     "ModelConfig",
     "ModelPreset",
     "Params",
     "RunConfig",
     "TaskParams",
+    "TaskSchema",
     "TrainConfig",
-    "gate_name",
-    "load_params",
+    "build_params",
     "read_yaml",
-    "resolve_run",
-    "study_cells",
-    "task_params",
 ]

@@ -1,22 +1,23 @@
-"""params.yaml -> typed, validated Params. Everything is checked here, once, before any stage does
-work: an unknown key, a wrong type, a value outside its declared range or a study cell that cannot
-be built raises ConfigError with one line naming the key, the value and what is allowed.
+"""params.yaml -> typed Params: an unknown key, a wrong type or a value outside its declared range
+raises ConfigError with one line naming the key, the value and what is allowed. This module parses and
+type-checks only; what needs the registries (MoE options, whether every study cell can be built) is
+checked above the tasks, in moelab/resolve.py, which calls it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..errors import ConfigError
-from .schema import SAFE_NAME, Allowed, Params, TaskParams
+from ..errors import ConfigError, did_you_mean
+from .schema import SAFE_NAME, Allowed, DataParams, EvalParams, ModelPreset, Params, TaskParams, TrainConfig
 
 
 class _Loader(yaml.SafeLoader):
@@ -46,59 +47,47 @@ def read_yaml(path: str | Path) -> dict:
     return raw or {}
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read, type-check and validate params.yaml (every study cell is resolved once)."""
-    from .resolve import validate
+@dataclass(frozen=True)
+class TaskSchema:
+    """The typed sections of one task (`<task>.data`, `<task>.evaluate`): the task declares them, the
+    caller hands them to `build_params` (config imports nothing of the tasks)."""
 
-    params = build_params(read_yaml(path))
-    validate(params)
-    return params
+    data: type[DataParams]
+    evaluate: type[EvalParams]
 
 
-def build_params(raw: dict) -> Params:
-    from ..tasks import TASKS
-
+def build_params(raw: dict, tasks: dict[str, TaskSchema]) -> Params:
+    """Type-check params.yaml's mapping into Params: unknown keys, wrong types and values outside a
+    field's declared range raise ConfigError naming the key. `tasks`: the task name -> its sections
+    (a top-level key that is neither a field of Params nor a task is unknown)."""
     fixed = {f.name for f in dataclasses.fields(Params)} - {"task_sections"}
     sections = {}
     for key in list(raw):
         if key in fixed:
             continue
-        if key not in TASKS.classes:
-            hint = difflib.get_close_matches(str(key), [*fixed, *TASKS.names()], n=1)
+        if key not in tasks:
             raise ConfigError(
-                f"params.yaml: unknown key {key!r}{_did(hint)}; allowed keys here: "
-                f"{', '.join(sorted(fixed))}, and a section per task ({', '.join(TASKS.names())})"
+                f"params.yaml: unknown key {key!r}{did_you_mean(key, [*fixed, *tasks])}; allowed keys here: "
+                f"{', '.join(sorted(fixed))}, and a section per task ({', '.join(tasks)})"
             )
-        task_cls = TASKS.classes[key]
-        schema = dataclasses.make_dataclass(
-            f"{key}_params",
-            [
-                ("data", task_cls.data_params),
-                ("models", dict[str, _preset_type()]),
-                ("train", _train_type()),
-                ("evaluate", task_cls.eval_params, dataclasses.field(default_factory=task_cls.eval_params)),
-            ],
-        )
-        built = build(schema, raw[key], key)
-        sections[key] = TaskParams(built.data, built.models, built.train, built.evaluate)
+        sections[key] = build_task_section(raw[key], key, tasks[key])
     params = build(Params, {k: v for k, v in raw.items() if k in fixed}, "")
     return dataclasses.replace(params, task_sections=sections)
 
 
-def _preset_type():
-    from .schema import ModelPreset
-
-    return ModelPreset
-
-
-def _train_type():
-    from .schema import TrainConfig
-
-    return TrainConfig
-
-
-def _did(hint: list[str]) -> str:
-    return f" (did you mean {hint[0]!r}?)" if hint else ""
+def build_task_section(raw, key: str, schema: TaskSchema) -> TaskParams:
+    section = dataclasses.make_dataclass(
+        f"{key}_params",
+        [
+            ("data", schema.data),
+            ("models", dict[str, ModelPreset]),
+            ("train", TrainConfig),
+            ("evaluate", schema.evaluate, dataclasses.field(default_factory=schema.evaluate)),
+            ("pretrain", TrainConfig | None, dataclasses.field(default=None)),
+        ],
+    )
+    built = build(section, raw, key)
+    return TaskParams(built.data, built.models, built.train, built.evaluate, built.pretrain)
 
 
 # ---------------------------------------------------------------- typed building
@@ -112,9 +101,9 @@ def build(cls, data, path: str):
     hints = typing.get_type_hints(cls)
     for key in data:
         if key not in fields:
-            hint = difflib.get_close_matches(str(key), fields, n=1)
             raise ConfigError(
-                f"params.yaml: unknown key {_join(path, key)!r}{_did(hint)}; allowed keys here: {', '.join(fields)}"
+                f"params.yaml: unknown key {_join(path, key)!r}{did_you_mean(key, fields)}; allowed keys here: "
+                f"{', '.join(fields)}"
             )
     values = {}
     for name, f in fields.items():

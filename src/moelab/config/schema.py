@@ -90,6 +90,18 @@ class InitParams:
 
 
 @dataclass(frozen=True)
+class BaseParams:
+    """The shared base of each task x model size (SparTMoE's protocol: a pretrained Switch checkpoint whose
+    routers are replaced): one MoE model per size trained with this router and gate, once, by the
+    `pretrain` stage; every variant (and the dense baseline, from a dense base) fine-tunes from it with
+    fresh routing."""
+
+    router: str = "linear"
+    gate: str = "softmax-top2"
+    seed: int = allowed(0, 2**32 - 1, default=0, note="the base's initialisation and data order")
+
+
+@dataclass(frozen=True)
 class DenseParams:
     """The dense baseline: one FFN of width top_k * expert d_ff, so it spends the same active FLOPs
     per token as a top-k MoE of preset `model`."""
@@ -140,8 +152,9 @@ class EvalParams:
 class TaskParams:
     data: DataParams
     models: dict[str, ModelPreset]
-    train: TrainConfig
+    train: TrainConfig  # each variant's training: the fine-tune from the base (from scratch without one)
     evaluate: EvalParams
+    pretrain: TrainConfig | None = None  # the base's training (None: no base, every variant trains from scratch)
 
 
 # ---------------------------------------------------------------- benchmark
@@ -190,9 +203,9 @@ class Params:
     moe: dict[str, Any] = field(default_factory=dict)  # MoE options (moe/config.py)
     init: InitParams = field(default_factory=InitParams)
     dense: DenseParams = field(default_factory=DenseParams)
+    base: BaseParams = field(default_factory=BaseParams)
     benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
     task_sections: dict[str, TaskParams] = field(default_factory=dict)  # `lm:`, `summarization:`, ...
-    claims: dict[str, Any] | None = None  # the claims study (report/claims.py)
 
     def __getattr__(self, name: str) -> TaskParams:
         """params.lm, params.summarization, ...: a task's section."""

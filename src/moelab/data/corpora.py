@@ -139,6 +139,41 @@ def classification_splits(
 # --------------------------------------------------------------------------- loading
 
 
+HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")  # owner/name on the HF hub
+
+
+def check_source(key: str, source) -> None:
+    """Refuse, in one ConfigError line naming `key`, a data source the loader could not even start on:
+    not a bundled corpus, not an existing data file (of a supported type) or directory, and not
+    shaped like a hub dataset name. Cheap and without reading the data: the params check runs it
+    before any stage (and so before DVC removes any prepared data)."""
+    from ..errors import ConfigError, did_you_mean
+
+    if not isinstance(source, str) or not source.strip():
+        raise ConfigError(
+            f"params.yaml: {key} = {source!r} is not allowed; allowed: a corpus name, path or hub dataset"
+        )
+    if source.strip().lower().replace("_", "-") in BUNDLED_FILES:
+        return
+    path = Path(source).expanduser()
+    supported = ", ".join(sorted({*_BUILDERS, *(b + c for b in _BUILDERS for c in _COMPRESSION_SUFFIXES)}))
+    if path.is_dir() or (path.is_file() and _builder_for(path) is not None):
+        return
+    if path.exists():
+        problem = f"{path} is not a data file of a supported type ({supported}) or a directory of them"
+    elif _looks_like_path(source):
+        problem = f"{path} does not exist"
+    elif HUB_NAME.match(source):
+        return  # a hub dataset: reachable or cached is known only when prepare loads it
+    else:
+        problem = "neither a bundled corpus, an existing file or directory, nor a hub dataset name (owner/name)"
+    raise ConfigError(
+        f"params.yaml: {key} = {source!r} is not allowed{did_you_mean(source, BUNDLED_FILES)}: {problem}; "
+        f"allowed: a bundled corpus ({', '.join(BUNDLED_FILES)}), a local file or directory ({supported}), "
+        "or a Hugging Face dataset name such as roneneldan/TinyStories"
+    )
+
+
 def _load(source: str) -> _Loaded:
     """Dispatch a source string to the bundled, local or hub loader."""
     if not isinstance(source, str) or not source.strip():

@@ -133,12 +133,13 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    from ..config import load_params, task_params
     from ..locking import directory_lock
+    from ..resolve import load_params, task_params
+    from ..study import prepared_dir
 
     params = load_params(args.params)
     task = args.task or params.task
-    out = Path(args.out or f"data/prepared/{task}")
+    out = Path(args.out) if args.out else prepared_dir(task)
     with directory_lock(out.parent / f".{out.name}.lockdir", f"prepared data {out}"):
         stats = prepare(task, task_params(params, task).data, out)
     print(f"prepared {task}: {stats}")

@@ -7,10 +7,10 @@ component declares (the `moe:` section of params.yaml, overridable per gate pres
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import did_you_mean
 from .balancing import BALANCING
 from .capacity import CAPACITY_POLICIES, check_capacity
 from .experts import ACTIVATIONS, EXPERTS
@@ -59,11 +59,8 @@ def resolve_options(raw: dict[str, Any] | None) -> dict[str, Any]:
     raw = raw or {}
     for key in raw:
         if key not in params:
-            hint = difflib.get_close_matches(str(key), params, n=1)
             raise OptionError(
-                key,
-                raw[key],
-                f"no such MoE option{f' (did you mean {hint[0]!r}?)' if hint else ''}; options: {', '.join(params)}",
+                key, raw[key], f"no such MoE option{did_you_mean(key, params)}; options: {', '.join(params)}"
             )
     return {key: param.validate(key, raw[key]) if key in raw else param.default for key, param in params.items()}
 

@@ -9,13 +9,14 @@ package's __init__), decorated with `@REGISTRY.register("name")`.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import math
 import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from ..errors import did_you_mean
 
 
 class OptionError(ValueError):
@@ -105,8 +106,8 @@ class Registry:
         return list(self.classes)
 
     def allowed(self, value) -> str:
-        hint = difflib.get_close_matches(str(value), self.names(), n=1)
-        return (f"(did you mean {hint[0]!r}?) " if hint else "") + ", ".join(self.names())
+        hint = did_you_mean(value, self.names()).strip()
+        return (f"{hint} " if hint else "") + ", ".join(self.names())
 
     def get(self, name: str, key: str | None = None) -> type:
         if name not in self.classes:

@@ -26,7 +26,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..config.resolve import RunConfig
+from ..config.run import RunConfig
 from ..config.schema import DataParams, EvalParams, TaskParams
 from ..moe import MoEConfig
 from ..moe.registry import Registry

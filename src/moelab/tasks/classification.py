@@ -205,7 +205,14 @@ class ClassificationTask(Task):
         if split == "test":
             self._test_pairs = list(zip(preds, trues))
         acc, f1 = accuracy_macro_f1(preds, trues, len(self.label_names))
-        return {"accuracy": acc, "macro_f1": f1, "loss": nll / max(len(trues), 1), "examples": len(trues)}
+        top_share = max(map(preds.count, set(preds))) / max(len(preds), 1)  # 1.0: one class for every example
+        return {
+            "accuracy": acc,
+            "macro_f1": f1,
+            "loss": nll / max(len(trues), 1),
+            "top_class_share": top_share,
+            "examples": len(trues),
+        }
 
     def samples_markdown(self, model) -> str:
         texts = self.test_texts()
@@ -238,8 +245,13 @@ class ClassificationTask(Task):
             "majority": {
                 "description": f"always the training split's most frequent label ({self.label_names[majority]})",
                 "trivial": True,  # a model below it has learned nothing: flagged, not ranked
+                "role": "trivial",
             },
-            "bow-logreg": {"description": "logistic regression on a binary bag of BPE tokens", "trivial": False},
+            "bow-logreg": {
+                "description": "logistic regression on a binary bag of BPE tokens",
+                "trivial": False,
+                "role": "bar",  # the classical bar a classifier must reach to be in regime
+            },
         }
         x_train = bag_of_words(train["text"], self.vocab_size)
         val_text, val_true = self._evaluated("validation")

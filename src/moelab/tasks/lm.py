@@ -16,6 +16,19 @@ from ..errors import DataError
 from ..models.lm import IGNORE, DecoderLM, causal_moe
 from .base import SPLITS, TASKS, Metric, Task, no_progress
 
+EOS_CHAR = "\n"  # a document break, in the text bits per character are counted over
+
+
+def lm_numbers(prefix: str, nll: float, tokens: int, characters: int) -> dict:
+    """loss (nats/token), perplexity and bits per character of a total NLL (nats) over `tokens` targets."""
+    loss = nll / max(tokens, 1)
+    return {
+        f"{prefix}loss": loss,
+        f"{prefix}ppl": math.exp(loss),
+        f"{prefix}bpc": nll / math.log(2) / max(characters, 1),
+        f"{prefix}tokens": int(tokens),
+    }
+
 
 @dataclass(frozen=True)
 class LMData(DataParams):
@@ -34,7 +47,11 @@ class LMEval(EvalParams):
 @TASKS.register("lm")
 class LMTask(Task):
     data_params, eval_params = LMData, LMEval
-    metrics = (Metric("ppl", "perplexity", False), Metric("loss", "loss (nats/token)", False))
+    metrics = (
+        Metric("ppl", "perplexity", False),
+        Metric("bpc", "bits per character", False),
+        Metric("loss", "loss (nats/token)", False),
+    )
     count_key = "tokens"
 
     def __init__(self, run, data_dir: Path):
@@ -46,6 +63,7 @@ class LMTask(Task):
         self.eos = special_id(self.tokenizer, "<eos>")
         self.seq_len = run.data.seq_len
         self._streams: dict[str, torch.Tensor] = {}
+        self._characters: dict[str, int] = {}
         self._routed = None
 
     @classmethod
@@ -145,7 +163,8 @@ class LMTask(Task):
 
     # ---------------------------------------------------------------- evaluation
     def evaluate_split(self, model, split: str, progress: bool) -> dict:
-        """Perplexity = exp(total NLL / total target tokens) over every window of the split."""
+        """Perplexity = exp(total NLL / total target tokens) over every window of the split, and bits per
+        character = total NLL / ln 2 / characters of those targets' text."""
         from tqdm.auto import tqdm
 
         ev = self.run.evaluate
@@ -169,8 +188,7 @@ class LMTask(Task):
             tokens += int((batch["targets"] != IGNORE).sum())
             if split == "test" and last is not None and last.last_assignment is not None:
                 self._routed = self._count_routed(self._routed, batch, last.last_assignment, last.cfg.n_routed)
-        loss = nll / max(tokens, 1)
-        return {"loss": loss, "ppl": math.exp(loss), "tokens": tokens}
+        return {k.removeprefix("_"): v for k, v in lm_numbers("_", nll, tokens, self.characters(split)).items()}
 
     def extra_metrics(self, model) -> dict:
         layers = model.moe_layers() if hasattr(model, "moe_layers") else []
@@ -233,31 +251,91 @@ class LMTask(Task):
         return "\n".join(lines)
 
     # ---------------------------------------------------------------- references
+    def scored_targets(self, split: str) -> torch.Tensor:
+        """The ids the models are scored on (every window's targets, in order): ids[1 : windows * T + 1]."""
+        ev, ids = self.run.evaluate, self.stream(split)
+        windows = (ids.numel() - 1 + self.seq_len - 1) // self.seq_len
+        if ev.max_batches is not None:  # the same windows the models are scored on
+            windows = min(windows, ev.max_batches * ev.batch_size)
+        return ids[1 : windows * self.seq_len + 1]
+
+    def text(self, ids) -> str:
+        """The text of a stream of ids, each <eos> (a document break) as one character, EOS_CHAR."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        pieces, start = [], 0
+        for end in [i for i, t in enumerate(ids) if t == self.eos] + [len(ids)]:
+            pieces.append(self.tokenizer.decode(ids[start:end]))
+            start = end + 1
+        return EOS_CHAR.join(pieces)
+
+    def characters(self, split: str) -> int:
+        """Characters of the scored targets' text: the denominator of bits per character."""
+        if split not in self._characters:
+            self._characters[split] = len(self.text(self.scored_targets(split)))
+        return self._characters[split]
+
     def references(self, progress: bool = False) -> dict[str, dict]:
-        """A unigram model (add-one smoothed token frequencies of the training split) on the same
-        test and validation windows: what a model that ignores context scores."""
+        """On the same test and validation targets as the models: a unigram model (trivial: no context),
+        interpolated Kneser-Ney token bigram and trigram (ngram.py, fitted on the training split's ids), and a
+        Kneser-Ney character 5-gram on the training text (bits per character only: it has no tokens).
+        Bits per character (bpc) = total NLL / ln 2 / characters of the targets' text, for every row and
+        every model: independent of the tokenizer, so comparable across vocabularies."""
+        from ..ngram import KneserNey
+
+        train = self.stream("train").numpy()
         counts = torch.bincount(self.stream("train"), minlength=self.vocab_size).double() + 1.0
-        log_p = (counts / counts.sum()).log()
+        unigram = (counts / counts.sum()).log().numpy()
         out = {
-            "description": "unigram: add-one smoothed token frequencies of the training split, no context",
-            "trivial": True,
+            "unigram": {
+                "description": "unigram: add-one smoothed token frequencies of the training split, no context",
+                "trivial": True,
+                "role": "trivial",
+            }
         }
-        ev = self.run.evaluate
+        kn = {order: KneserNey(order, self.vocab_size).fit(train) for order in (2, 3)}
+        for order, model in kn.items():
+            out[f"kn-{'bigram' if order == 2 else 'trigram'}"] = {
+                "description": f"token n-gram: {model.describe()}",
+                "trivial": False,
+                "role": "bar" if order == 2 else "context",  # the bigram: the bar an LM must beat to be in regime
+            }
+        chars = self._character_model()
+        out["kn-char-5gram"] = {
+            "description": f"character n-gram: {chars[0].describe()} over the training text",
+            "trivial": False,
+            "role": "context",
+        }
         for split, prefix in (("validation", "val_"), ("test", "test_")):
-            ids = self.stream(split)
-            windows = (ids.numel() - 1 + self.seq_len - 1) // self.seq_len
-            if ev.max_batches is not None:  # the same windows the models are scored on
-                windows = min(windows, ev.max_batches * ev.batch_size)
-            targets = ids[1 : windows * self.seq_len + 1]
-            nll = -log_p[targets].sum().item()
-            out.update(
-                {
-                    f"{prefix}loss": nll / targets.numel(),
-                    f"{prefix}ppl": math.exp(nll / targets.numel()),
-                    f"{prefix}tokens": int(targets.numel()),
-                }
+            targets = self.scored_targets(split)
+            n_chars = self.characters(split)
+            first = int(self.stream(split).numel() - targets.numel())  # the position of the first target
+            stream = self.stream(split).numpy()[: first + targets.numel()]
+            nlls = {"unigram": -float(unigram[targets.numpy()].sum())}
+            nlls.update(
+                {name: model.nll(stream, start=first) for name, model in zip(("kn-bigram", "kn-trigram"), kn.values())}
             )
-        return {"unigram": out}
+            for name, nll in nlls.items():
+                out[name].update(lm_numbers(prefix, nll, targets.numel(), n_chars))
+            out["kn-char-5gram"].update(self._character_bits(chars, split, prefix))
+        return out
+
+    def _character_model(self):
+        """(KneserNey 5-gram over characters, {char: id}) of the training split's text; id 0: unseen characters."""
+        from ..ngram import KneserNey
+
+        text = self.text(self.stream("train"))
+        alphabet = {c: i + 1 for i, c in enumerate(sorted(set(text)))}
+        ids = np.fromiter((alphabet[c] for c in text), dtype=np.int64, count=len(text))
+        return KneserNey(5, len(alphabet) + 1).fit(ids), alphabet
+
+    def _character_bits(self, chars, split: str, prefix: str) -> dict:
+        model, alphabet = chars
+        ids = self.stream(split)
+        context = self.text(ids[:1])  # the first id is context only, as for the models
+        text = self.text(ids[: 1 + self.scored_targets(split).numel()])
+        coded = np.fromiter((alphabet.get(c, 0) for c in text), dtype=np.int64, count=len(text))
+        nll = model.nll(coded, start=len(context))  # the characters of the targets, after the first id's
+        return {f"{prefix}bpc": nll / math.log(2) / max(len(text) - len(context), 1)}
 
     # ---------------------------------------------------------------- cost
     def flops_per_token(self, experts_per_token: list[float] | None = None, context: int | None = None) -> dict:

@@ -1,21 +1,21 @@
-"""`moelab train`: one run, or (--all-seeds) every seed of a study variant in one process."""
+"""`moelab train`: a study variant's runs (every seed, `--jobs` at a time), or the experiment."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..cli import is_rank_zero
-from ..config.cli import add_cell_arguments, runs_from_args
 
 
 def add_arguments(p) -> None:
-    add_cell_arguments(p)
-    p.add_argument("--models-dir", required=True, help="checkpoints (with --all-seeds: <dir>/s<seed>)")
-    p.add_argument(
-        "--metrics-dir", required=True, help="train.json and live/ (with --all-seeds: s<seed>.json and live/s<seed>)"
-    )
-    p.add_argument("--data-dir", help="prepared data (default data/prepared/<task>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from ..select import add_run_arguments
+
+    add_run_arguments(p)
+    add_training_arguments(p)
+
+
+def add_training_arguments(p) -> None:
+    p.add_argument("--jobs", type=int, default=0, help="runs at a time, one thread each (0: one per CPU core)")
     p.add_argument(
         "--restart",
         action="store_true",
@@ -25,27 +25,36 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
+    from ..select import select_runs
+
+    selection = select_runs(args)
+    train_runs(selection.runs, selection.data_dir, args)
+
+
+def train_runs(runs: list, data_dir: Path, args) -> list[dict]:
+    """Train every (run, paths), args.jobs at a time (one process under torchrun)."""
+    import os
+
+    from ..errors import ConfigError
+    from ..parallel import run_all
+
+    if args.jobs < 0:
+        raise ConfigError(f"--jobs {args.jobs} is not allowed; allowed: 0 (one per core) or a count >= 1")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    jobs = 1 if distributed else args.jobs
+    progress = not args.quiet and (jobs == 1 or len(runs) == 1)
+    work = [(run, data_dir, paths, progress, args.stop_after, args.restart) for run, paths in runs]
+    return run_all(train_one, work, jobs)
+
+
+def train_one(run, data_dir: Path, paths, progress: bool, stop_after: int | None, restart: bool) -> dict:
     from .loop import train
 
-    _, runs = runs_from_args(args)
-    many = getattr(args, "all_seeds", False)
-    for run_cfg in runs:
-        models = Path(args.models_dir) / (f"s{run_cfg.seed}" if many else "")
-        metrics_dir = Path(args.metrics_dir)
-        metrics_path = metrics_dir / (f"s{run_cfg.seed}.json" if many else "train.json")
-        live = metrics_dir / "live" / (f"s{run_cfg.seed}" if many else "")
-        metrics = train(
-            run_cfg,
-            args.data_dir or f"data/prepared/{run_cfg.task}",
-            models,
-            metrics_path,
-            live_dir=live,
-            progress=not args.quiet,
-            stop_after=args.stop_after,
-            restart=args.restart,
+    metrics = train(run, data_dir, paths, progress=progress, stop_after=stop_after, restart=restart)
+    if is_rank_zero():
+        print(
+            f"trained {run.task}/{run.name}/s{run.seed}: best val loss {metrics['best_val_loss']:.4f} in "
+            f"{metrics['wall_s']:.1f}s (world size {metrics['world_size']})",
+            flush=True,
         )
-        if is_rank_zero():
-            print(
-                f"trained {run_cfg.task}/{run_cfg.name}/s{run_cfg.seed}: best val loss "
-                f"{metrics['best_val_loss']:.4f} in {metrics['wall_s']:.1f}s (world size {metrics['world_size']})"
-            )
+    return metrics

@@ -1,12 +1,19 @@
 """The training loop: AdamW, warmup + cosine, clipping, accumulation, resumable checkpoints, DVCLive.
 
-A models directory belongs to one run configuration (and the code that trains it):
-  * the same configuration resumes from latest.pt and finishes bit-identical to an uninterrupted run;
-    a finished run is not trained again (its train metrics are rewritten from the checkpoint);
-  * another configuration (or `restart=True`) starts fresh: the old checkpoints are moved aside to
+A checkpoint directory belongs to one run fingerprint: its config, the training code, the tokenizer of
+its data and the base it fine-tunes from (`fingerprint`):
+  * under the same fingerprint an unfinished run resumes from latest.pt and finishes bit-identical to
+    an uninterrupted one; a finished one is complete, and only its train metrics are rewritten (a
+    variant's stage re-runs every seed when one seed is added, or after it was killed half-way:
+    DVC's granularity is the stage, the seed's is this);
+  * another fingerprint (or `restart=True`) starts fresh: the old checkpoints are moved aside to
     `.<dir>.previous` beside the directory (its train metrics removed), and one line says so;
+  * a fresh run with a base (`run.init_from`) starts from the base's weights, all but the routing
+    (`load_base`), which is initialised afresh: SparTMoE's protocol;
   * the directory is locked while a process trains into it;
   * Ctrl-C saves a checkpoint at the last finished step and raises Interrupted (exit 130).
+
+The loop (`Trainer`): start (fresh, from a base, or resumed), step, validate, finish.
 """
 
 from __future__ import annotations
@@ -16,7 +23,9 @@ import shutil
 import signal
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,6 +45,9 @@ from ..provenance import code_hash
 from ..tasks import build_task
 from .distributed import DistEnv, mean_over_ranks, shard, sum_over_ranks, to_device, wrap_ddp
 from .schedule import build_optimizer
+
+if TYPE_CHECKING:
+    from ..study import RunPaths
 
 NOT_TRAINING = ("evaluate",)  # config sections a checkpoint may differ in and still be resumed
 
@@ -122,37 +134,31 @@ def task_loss(model, batch):
 def train(
     run: RunConfig,
     data_dir: str | Path,
-    out_dir: str | Path,
-    metrics_path: str | Path,
-    live_dir: str | Path | None = None,
+    paths: RunPaths,
     progress: bool = True,
     stop_after: int | None = None,
     restart: bool = False,
     log=print,
 ) -> dict:
-    """Train one run into out_dir (resuming or starting fresh, see the module doc). Returns the train metrics."""
+    """Train one run into paths.checkpoints (resuming or starting fresh, see the module doc); writes
+    paths.train (+ its provenance) and DVCLive curves under paths.live. Returns the train metrics."""
     env = DistEnv()
-    out_dir = Path(out_dir)
     try:
-        with directory_lock(out_dir, "checkpoints") if env.main else nullcontext():
-            return _train(
-                run,
-                Path(data_dir),
-                out_dir,
-                Path(metrics_path),
-                Path(live_dir) if live_dir else None,
-                env,
-                progress,
-                stop_after,
-                restart,
-                log,
-            )
+        with directory_lock(paths.checkpoints, "checkpoints") if env.main else nullcontext():
+            return _train(run, Path(data_dir), paths, env, progress, stop_after, restart, log)
     finally:
         env.close()
 
 
-def _fingerprint(run: RunConfig) -> dict:
-    return {**run.to_dict(), "code": code_hash()}
+def fingerprint(run: RunConfig, data_dir: Path) -> dict:
+    """Everything that decides a run's weights: its config, the training code, the tokenizer its data
+    was made with and the base it fine-tunes from. A checkpoint resumes only under the same fingerprint."""
+    from ..data.prepare import manifest
+
+    inputs = {"tokenizer": manifest(data_dir).get("tokenizer_sha256")}
+    if run.init_from:
+        inputs["base"] = file_digest(Path(run.init_from) / BASE_CHECKPOINT)
+    return {**run.to_dict(), "code": code_hash(), "inputs": inputs}
 
 
 def _resumable(latest: Path, config: dict, restart: bool) -> tuple[dict | None, str]:
@@ -168,14 +174,15 @@ def _resumable(latest: Path, config: dict, restart: bool) -> tuple[dict | None, 
     )
 
 
-def _move_aside(out_dir: Path, live_dir: Path | None, metrics_path: Path, why: str, log) -> None:
+def _move_aside(paths: RunPaths, why: str, log) -> None:
     """Start fresh: the old checkpoints (and curves) go to .<name>.previous beside their directory,
     replacing what an earlier fresh start put there; the old train metrics, which would otherwise
     sit beside the new run until it finishes, are removed (a finished run keeps them in its latest.pt)."""
+    out_dir = paths.checkpoints
     aside = out_dir.parent / f".{out_dir.name}.previous"
     replaced = aside.exists()
-    for directory in (out_dir, live_dir):
-        if directory is None or not directory.exists():
+    for directory in (out_dir, paths.live):
+        if not directory.exists():
             continue
         target = directory.parent / f".{directory.name}.previous"
         shutil.rmtree(target, ignore_errors=True)
@@ -183,7 +190,7 @@ def _move_aside(out_dir: Path, live_dir: Path | None, metrics_path: Path, why: s
         for item in directory.iterdir():
             if item.name != ".lock":
                 item.rename(target / item.name)
-    for stale in (metrics_path, meta_path(metrics_path)):
+    for stale in (paths.train, meta_path(paths.train)):
         stale.unlink(missing_ok=True)
     what = "--restart" if why == "--restart" else f"{out_dir} held a run of another configuration ({why})"
     log(
@@ -192,61 +199,121 @@ def _move_aside(out_dir: Path, live_dir: Path | None, metrics_path: Path, why: s
     )
 
 
-def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_after, restart, log) -> dict:
-    tp = run.train
-    seed_everything(run.seed)
-    task = build_task(run, data_dir)
-    task.check_data()  # every split readable before anything is written
-    config = _fingerprint(run)
-    latest, best = out_dir / "latest.pt", out_dir / "best.pt"
-    state, why = _resumable(latest, config, restart)
-    if env.main:
-        remove_stale_temps(out_dir)  # half-written checkpoints of a killed run
-        if state is None and why:
-            _move_aside(out_dir, live_dir, metrics_path, why, log)
-    env.barrier()
-    if state is not None and state["step"] >= tp.steps and "metrics" in state:
-        if env.main:  # finished: nothing to train, rewrite its metrics
-            write_metrics(metrics_path, state["metrics"], run.to_dict(), {"code": config["code"]})
-        return state["metrics"]
-    model = task.build_model().to(env.device)
-    model.record_routing_stats(False)  # only evaluate / benchmark read them
-    optimizer, scheduler = build_optimizer(model, tp)
-    data_gen = torch.Generator().manual_seed(run.seed)
-    step, best_val, history = 0, float("inf"), []
-    saved_step = None  # the step of latest.pt on disk (what a non-finite loss leaves to resume from)
-    if state is not None:
-        load_model_state(model, state, latest, config, ignore=NOT_TRAINING)
-        _check_world_size(state, latest, env)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+@dataclass
+class Progress:
+    """What the loop carries from step to step and saves in latest.pt."""
+
+    step: int = 0
+    best_val: float = float("inf")
+    history: list = field(default_factory=list)
+    saved_step: int | None = None  # the step of latest.pt on disk (what a non-finite loss leaves to resume from)
+    tokens_seen: int = 0
+
+
+class Trainer:
+    """One run's model, optimiser, schedule and data order, and the four things the loop does with
+    them: start (fresh, from the base, or resumed), step, validate, finish."""
+
+    def __init__(self, run: RunConfig, task, paths: RunPaths, env: DistEnv, config: dict, log):
+        self.run, self.task, self.paths, self.env, self.config, self.log = run, task, paths, env, config, log
+        self.latest, self.best = paths.checkpoints / "latest.pt", paths.checkpoints / "best.pt"
+        self.model = task.build_model().to(env.device)
+        self.model.record_routing_stats(False)  # only evaluate / benchmark read them
+        self.optimizer, self.scheduler = build_optimizer(self.model, run.train)
+        self.data_gen = torch.Generator().manual_seed(run.seed)
+        self.progress = Progress()
+
+    # ------------------------------------------------------------ start
+    def start(self, state: dict | None) -> None:
+        """Resume from `state` (latest.pt), or start fresh: from the base's weights when the run has one."""
+        if state is None:
+            if self.run.init_from:
+                load_base(self.model, Path(self.run.init_from) / BASE_CHECKPOINT)
+            return
+        load_model_state(self.model, state, self.latest, self.config, ignore=NOT_TRAINING)
+        _check_world_size(state, self.latest, self.env)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
-        data_gen.set_state(state["rng"]["data"])
+        self.data_gen.set_state(state["rng"]["data"])
         random.setstate(_py_rng(state["rng"]["python"]))
-        step, best_val, history = state["step"], state["best_val"], state.get("history", [])
-        saved_step = step
-    resumed_from = step
-    ddp = wrap_ddp(model, env)
-    live = None
-    if env.main and live_dir:
-        from .live import open_live
+        p = self.progress
+        p.step, p.best_val, p.history, p.saved_step = (
+            state["step"],
+            state["best_val"],
+            state.get("history", []),
+            state["step"],
+        )
 
-        live = open_live(live_dir, resumed_from)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" else nullcontext()
+    # ------------------------------------------------------------ step
+    def step(self, ddp, autocast) -> dict:
+        """One optimiser step (grad_accum micro-batches); returns its record for the history."""
+        tp, env, p = self.run.train, self.env, self.progress
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss, step_bal = 0.0, 0.0
+        for _ in range(tp.grad_accum):
+            batch = to_device(shard(self.task.train_batch(self.data_gen, tp.batch_size * env.world), env), env.device)
+            with autocast:
+                loss, info = task_loss(ddp, batch)
+                balancing = self.model.balancing_loss().to(loss.device)
+            self._check({"task loss": loss, "balancing loss": balancing})
+            ((loss + balancing) / tp.grad_accum).backward()
+            step_loss += loss.item() / tp.grad_accum
+            step_bal += balancing.item() / tp.grad_accum
+            p.tokens_seen += info["tokens"] * env.world
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tp.grad_clip)
+        self._check({"gradient norm": grad_norm})
+        self.optimizer.step()
+        self.scheduler.step()
+        self.model.update_balancing()
+        p.step += 1
+        if env.world > 1:  # the global-batch loss (mean of equal-sized rank shards), identical on every rank
+            step_loss, step_bal = mean_over_ranks([step_loss, step_bal], env)
+        return {
+            "step": p.step,
+            "train_loss": step_loss,
+            "balancing_loss": step_bal,
+            "lr": self.scheduler.get_last_lr()[0],
+        }
 
-    def snapshot(metrics: dict | None = None) -> dict:
+    def _check(self, terms: dict) -> None:
+        p = self.progress
+        check_finite(p.step + 1, terms, self.latest, self.env, task=self.run.task, saved_step=p.saved_step)
+
+    # ------------------------------------------------------------ validate
+    def validate(self, record: dict) -> None:
+        """Validation loss into `record`; a new best is saved to best.pt (the weights evaluation reads)."""
+        tp, env, p = self.run.train, self.env, self.progress
+        # the global batch size, so the validated windows do not depend on the world size
+        record["val_loss"] = validation_loss(
+            self.task, self.model, tp.batch_size * env.world, tp.eval_batches, env.device, env
+        )
+        if record["val_loss"] < p.best_val:  # every rank tracks best_val (same weights, same value)
+            p.best_val = record["val_loss"]
+            if env.main:
+                weights = {
+                    "model": self.model.state_dict(),
+                    "step": p.step,
+                    "val_loss": p.best_val,
+                    "config": config_fingerprint(self.config),
+                }
+                save_checkpoint(self.best, weights)
+
+    # ------------------------------------------------------------ checkpoints and the end
+    def snapshot(self, metrics: dict | None = None) -> dict:
+        p = self.progress
         out = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "best_val": best_val,
-            "history": history,
-            "config": config_fingerprint(config),
-            "world_size": env.world,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": p.step,
+            "best_val": p.best_val,
+            "history": p.history,
+            "config": config_fingerprint(self.config),
+            "world_size": self.env.world,
             "rng": {
                 "torch": torch.get_rng_state(),
-                "data": data_gen.get_state(),
+                "data": self.data_gen.get_state(),
                 "python": _py_rng_state(random.getstate()),
             },
         }
@@ -254,112 +321,170 @@ def _train(run, data_dir, out_dir, metrics_path, live_dir, env, progress, stop_a
             out["metrics"] = metrics
         return out
 
-    def save_latest(metrics: dict | None = None) -> None:
-        nonlocal saved_step
-        saved_step = step
-        if env.main:
-            save_checkpoint(latest, snapshot(metrics))
-        env.barrier()  # no rank runs ahead of a checkpoint that rank 0 has not finished writing
+    def save_latest(self, metrics: dict | None = None) -> None:
+        self.progress.saved_step = self.progress.step
+        if self.env.main:
+            save_checkpoint(self.latest, self.snapshot(metrics))
+        self.env.barrier()  # no rank runs ahead of a checkpoint that rank 0 has not finished writing
 
+    def finish(self, wall: float, resumed_from: int) -> dict:
+        """The run's train metrics: written to paths.train and, once finished, kept in latest.pt."""
+        p, tp = self.progress, self.run.train
+        last = p.history[-min(len(p.history), 20) :] if p.history else []
+        metrics = {
+            "steps": p.step,
+            "train_loss": sum(r["train_loss"] for r in last) / max(len(last), 1),
+            "best_val_loss": p.best_val,
+            "final_val_loss": next((r["val_loss"] for r in reversed(p.history) if "val_loss" in r), None),
+            "wall_s": wall,
+            "train_tokens": tp.steps * tp.batch_size * tp.grad_accum * self.env.world if p.step >= tp.steps else None,
+            "train_tokens_per_s": p.tokens_seen / wall if wall > 0 else 0.0,
+            "resumed_from_step": resumed_from,
+            "world_size": self.env.world,
+            "parameters": sum(x.numel() for x in self.model.parameters()),
+        }
+        if p.step >= tp.steps:
+            self.save_latest(metrics)  # the finished run's metrics travel with its checkpoint
+        if self.env.main:
+            write_metrics(
+                self.paths.train,
+                metrics,
+                self.run.to_dict(),
+                {"code": self.config["code"], "inputs": self.config["inputs"]},
+            )
+        self.env.barrier()
+        return metrics
+
+
+def _train(run, data_dir: Path, paths: RunPaths, env, progress: bool, stop_after, restart: bool, log) -> dict:
+    seed_everything(run.seed)
+    task = build_task(run, data_dir)
+    task.check_data()  # every split readable before anything is written
+    config = fingerprint(run, data_dir)
+    state, why = _resumable(paths.checkpoints / "latest.pt", config, restart)
+    if env.main:
+        remove_stale_temps(paths.checkpoints)  # half-written checkpoints of a killed run
+        if state is None and why:
+            _move_aside(paths, why, log)
+    env.barrier()
+    if state is not None and state["step"] >= run.train.steps and "metrics" in state:
+        if env.main:  # finished under this very fingerprint: its metrics, rewritten from the checkpoint
+            write_metrics(
+                paths.train, state["metrics"], run.to_dict(), {"code": config["code"], "inputs": config["inputs"]}
+            )
+        return state["metrics"]
+    trainer = Trainer(run, task, paths, env, config, log)
+    trainer.start(state)
+    return _loop(trainer, progress, stop_after)
+
+
+def _loop(trainer: Trainer, progress: bool, stop_after: int | None) -> dict:
+    """Steps until run.train.steps (or stop_after, or Ctrl-C), validating and checkpointing on schedule."""
     from tqdm.auto import tqdm
 
-    model.train()
-    start, tokens_seen = time.perf_counter(), 0
+    run, env, p, tp = trainer.run, trainer.env, trainer.progress, trainer.run.train
+    resumed_from = p.step
+    ddp = wrap_ddp(trainer.model, env)
+    live = None
+    if env.main:
+        from .live import open_live
+
+        live = open_live(trainer.paths.live, resumed_from)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" else nullcontext()
+    trainer.model.train()
+    start = time.perf_counter()
     bar = tqdm(
         total=tp.steps,
-        initial=step,
+        initial=p.step,
         desc=f"train {run.task}/{run.name}/s{run.seed}",
         disable=not (progress and env.main),
         mininterval=1.0,
         dynamic_ncols=True,
     )
     with _interrupt_at_step_boundary() as interrupted:
-        while step < tp.steps:
+        while p.step < tp.steps:
             if interrupted():
-                save_latest()
+                trainer.save_latest()
                 bar.close()
                 raise Interrupted(
-                    f"interrupted at step {step} of {tp.steps}: checkpoint saved to {latest}; "
+                    f"interrupted at step {p.step} of {tp.steps}: checkpoint saved to {trainer.latest}; "
                     "re-run the same command to resume"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            step_loss, step_bal = 0.0, 0.0
-            for _ in range(tp.grad_accum):
-                batch = to_device(shard(task.train_batch(data_gen, tp.batch_size * env.world), env), env.device)
-                with autocast:
-                    loss, info = task_loss(ddp, batch)
-                    balancing = model.balancing_loss().to(loss.device)
-                terms = {"task loss": loss, "balancing loss": balancing}
-                check_finite(step + 1, terms, latest, env, task=run.task, saved_step=saved_step)
-                ((loss + balancing) / tp.grad_accum).backward()
-                step_loss += loss.item() / tp.grad_accum
-                step_bal += balancing.item() / tp.grad_accum
-                tokens_seen += info["tokens"] * env.world
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tp.grad_clip)
-            check_finite(step + 1, {"gradient norm": grad_norm}, latest, env, task=run.task, saved_step=saved_step)
-            optimizer.step()
-            scheduler.step()
-            model.update_balancing()
-            step += 1
-            if env.world > 1:  # the global-batch loss (mean of equal-sized rank shards), identical on every rank
-                step_loss, step_bal = mean_over_ranks([step_loss, step_bal], env)
-            record = {
-                "step": step,
-                "train_loss": step_loss,
-                "balancing_loss": step_bal,
-                "lr": scheduler.get_last_lr()[0],
-            }
-            if step % tp.eval_every == 0 or step == tp.steps:
-                # the global batch size, so the validated windows do not depend on the world size
-                record["val_loss"] = validation_loss(
-                    task, model, tp.batch_size * env.world, tp.eval_batches, env.device, env
-                )
-                if record["val_loss"] < best_val:  # every rank tracks best_val (same weights, same value)
-                    best_val = record["val_loss"]
-                    if env.main:
-                        save_checkpoint(
-                            best,
-                            {
-                                "model": model.state_dict(),
-                                "step": step,
-                                "val_loss": best_val,
-                                "config": config_fingerprint(config),
-                            },
-                        )
-            history.append(record)
+            record = trainer.step(ddp, autocast)
+            if p.step % tp.eval_every == 0 or p.step == tp.steps:
+                trainer.validate(record)
+            p.history.append(record)
             if live:
                 from .live import log_live
 
                 log_live(live, record)
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}")
-            if step % tp.checkpoint_every == 0 and step < tp.steps:
-                save_latest()
-            if stop_after is not None and step >= stop_after and step < tp.steps:
-                save_latest()
+            bar.set_postfix(loss=f"{record['train_loss']:.3f}")
+            if p.step % tp.checkpoint_every == 0 and p.step < tp.steps:
+                trainer.save_latest()
+            if stop_after is not None and p.step >= stop_after and p.step < tp.steps:
+                trainer.save_latest()
                 break
     bar.close()
     wall = time.perf_counter() - start
     if live:
         live.end()
-    last = history[-min(len(history), 20) :] if history else []
-    metrics = {
-        "steps": step,
-        "train_loss": sum(r["train_loss"] for r in last) / max(len(last), 1),
-        "best_val_loss": best_val,
-        "final_val_loss": next((r["val_loss"] for r in reversed(history) if "val_loss" in r), None),
-        "wall_s": wall,
-        "train_tokens_per_s": tokens_seen / wall if wall > 0 else 0.0,
-        "resumed_from_step": resumed_from,
-        "world_size": env.world,
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
-    if step >= tp.steps:
-        save_latest(metrics)  # the finished run's metrics travel with its checkpoint
-    if env.main:
-        write_metrics(metrics_path, metrics, run.to_dict(), {"code": config["code"]})
-    env.barrier()
-    return metrics
+    return trainer.finish(wall, resumed_from)
+
+
+# ---------------------------------------------------------------- the base
+BASE_CHECKPOINT = "best.pt"  # the weights of a base that its variants start from
+
+
+def file_digest(path: Path) -> str:
+    """sha256 (16 hex digits) of a file; a missing base is one CheckpointError line."""
+    import hashlib
+
+    from ..errors import CheckpointError
+
+    if not path.is_file():
+        raise CheckpointError(f"base checkpoint {path} not found: run its pretrain stage first (dvc repro)")
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def routing_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys of every MoE layer's routing (router weights, balancing state): what a fine-tune
+    from a base starts afresh. The experts (and shared experts) are kept."""
+    from ..moe import MoELayer
+
+    keys = set()
+    for name, module in model.named_modules():
+        if isinstance(module, MoELayer):
+            prefix = f"{name}." if name else ""
+            keys |= {f"{prefix}{k}" for k in module.state_dict() if not k.startswith(("experts.", "shared_experts."))}
+    return keys
+
+
+@torch.no_grad()
+def load_base(model: torch.nn.Module, path: Path) -> None:
+    """Copy a base checkpoint's weights into `model`, all but the routing (routing_keys), which keeps
+    the model's own fresh initialisation: SparTMoE's "pretrained experts, new routers". Every other
+    weight must be in the base with the same shape (the base is the same model size)."""
+    from ..errors import CheckpointError
+
+    base = load_checkpoint(path)["model"]
+    fresh = routing_keys(model)
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in fresh and k not in base)
+    if missing:
+        raise CheckpointError(
+            f"base {path} lacks {len(missing)} weights of this model (e.g. {missing[0]}): "
+            "it is a base of another model size; re-run the pretrain stage"
+        )
+    for key, value in own.items():
+        if key in fresh:
+            continue
+        if base[key].shape != value.shape:
+            raise CheckpointError(
+                f"base {path}: {key} has shape {tuple(base[key].shape)}, this model "
+                f"{tuple(value.shape)}: it is a base of another model size"
+            )
+        value.copy_(base[key])
 
 
 @contextmanager

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..init import InitConfig, switch_init_
-from ..registry import Component
-from . import EXPERTS, compute_dtype, grouped_matmul, grouped_mm_usable
+from . import EXPERTS
+from .grouped import GroupedFFNExperts
 
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
@@ -24,35 +22,13 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 @EXPERTS.register("swiglu")
-class SwiGLUExperts(Component, nn.Module):
-    def __init__(self, cfg):
-        super().__init__()
-        n, d, f = cfg.n_routed, cfg.d_model, cfg.expert_width
-        self.w_in = nn.Parameter(torch.empty(n, d, 2 * f))  # [E, d, 2f]: W_gate | W_up
-        self.w_out = nn.Parameter(torch.empty(n, f, d))  # W_down
-        self.use_grouped_mm = True  # False: always the per-expert loop (the fallback; tests compare the two)
-        self.reset_parameters(InitConfig())
-
-    def reset_parameters(self, init: InitConfig) -> None:
-        switch_init_(self.w_in, init.ffn_scale, self.w_in.shape[1])  # fan-in d (W_gate and W_up alike)
-        switch_init_(self.w_out, init.ffn_scale, self.w_out.shape[1])  # fan-in f
+class SwiGLUExperts(GroupedFFNExperts):
+    in_factor = 2  # w_in [E, d, 2f]: W_gate | W_up
 
     @classmethod
     def flops_per_token(cls, cfg) -> float:
         """Per expert a token visits: gate and up d -> f, down f -> d."""
         return 6.0 * cfg.d_model * cfg.expert_width
 
-    def forward(self, x: torch.Tensor, tokens_per_expert: torch.Tensor) -> torch.Tensor:
-        """x: [S, d] slots sorted by expert; tokens_per_expert: [E]. Returns [S, d] in the compute dtype."""
-        dtype = compute_dtype(x)
-        x, w_in, w_out = x.to(dtype), self.w_in.to(dtype), self.w_out.to(dtype)
-        # w_out.mT: the hidden rows are f wide, and grouped_mm needs every row 16-byte aligned
-        if self.use_grouped_mm and grouped_mm_usable(x, w_in, w_out, w_out.mT):
-            ends = torch.cumsum(tokens_per_expert, 0).to(torch.int32)  # [E] end row of each expert's block
-            hidden = swiglu(grouped_matmul(x, w_in, ends))  # [S, f]
-            return grouped_matmul(hidden, w_out, ends)  # [S, d]
-        # one contiguous block per expert (unbind: see experts/mlp.py); split sizes sync the host
-        w_in, w_out = w_in.unbind(0), w_out.unbind(0)
-        blocks = x.split(tokens_per_expert.tolist())
-        outputs = [swiglu(block @ w_in[e]) @ w_out[e] for e, block in enumerate(blocks) if block.shape[0]]
-        return torch.cat(outputs) if outputs else x.new_zeros(0, w_out[0].shape[-1])
+    def hidden(self, projected: torch.Tensor) -> torch.Tensor:
+        return swiglu(projected)
