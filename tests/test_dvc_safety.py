@@ -1,12 +1,15 @@
 """The README's promises on the pipeline path (`dvc repro`, `dvc exp run`), in a throwaway git + DVC
-project (tests/labrepo.py): a bad value changes no file, an interrupted `dvc repro` resumes from its
-last checkpoint, a changed config starts fresh (old checkpoints moved aside, one line), DVC caches
-exactly the final outputs, no study name reaches a shell; and the repository's own dvc.lock was
+project (tests/labrepo.py): an interrupted `dvc repro` resumes from its last checkpoint, a changed
+config starts fresh (old checkpoints moved aside, one line), DVC caches exactly the final outputs; an
+edited or truncated result is recomputed, a narrowed study averages only what params.yaml asks for; a
+bad value (a data source, an empty or shell-laden study list, a bad experiment key) changes no file and
+creates no directory, and nothing it holds reaches a shell; and the repository's own lock files were
 produced by the committed code and params.
 
-DVC deletes a stage's outputs before running its command unless they are `persist: true`, and pastes
-`${...}` values into a shell command: these tests run the repository's real dvc.yaml, so they check
-what DVC does with it, not what moelab would do alone.
+DVC deletes a stage's outputs before running its command unless they are `persist: true`, pastes
+`${...}` values into shell commands, and `dvc exp run` checks the experiment's pipeline out before it
+runs any stage: these tests run the repository's real pipeline files, so they check what DVC does with
+them, not what moelab would do alone.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from labrepo import OFFLINE_ENV, make_lab
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "lm/linear-softmax-top2-e8"  # the lab's one MoE variant (and lm/dense)
-STAGE = "study/dvc.yaml:task@lm"  # trains, then evaluates, every variant of the task
+STAGE = "study/dvc.yaml:train@lm-linear-softmax-top2-e8"  # trains every seed of that variant
+EVALUATE = "study/dvc.yaml:evaluate@lm-linear-softmax-top2-e8"
 ENV = {
     **OFFLINE_ENV,
     "OMP_NUM_THREADS": "1",
@@ -51,21 +55,35 @@ def lab(tmp_path_factory) -> Path:
     return make_lab(tmp_path_factory.mktemp("lab"), sh)
 
 
-def set_train(lab: Path, **train) -> None:
-    """lm.train values of the lab's params.yaml, committed (so that `git status` shows only what runs write)."""
+def set_params(lab: Path, edit) -> None:
+    """Edit the lab's params.yaml and commit it (so that `git status` shows only what runs write)."""
     params = yaml.safe_load((lab / "params.yaml").read_text())
-    params["lm"]["train"].update(train)
+    edit(params)
     (lab / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh("git add -A && git commit -qm params --allow-empty", lab)
 
 
-def outputs(lab: Path) -> dict[str, bytes]:
-    """Every file under models/ and metrics/ (but directory locks, which name their last holder)."""
+def set_train(lab: Path, **train) -> None:
+    """lm.train values of the lab's params.yaml, committed."""
+    set_params(lab, lambda p: p["lm"]["train"].update(train))
+
+
+def outputs(lab: Path, tops: tuple[str, ...] = ("models", "metrics", "data/prepared")) -> dict[str, bytes]:
+    """Every file under the outputs' roots (but directory locks, which name their last holder)."""
     return {
         str(f.relative_to(lab)): f.read_bytes()
-        for top in ("models", "metrics")
+        for top in tops
         for f in sorted((lab / top).rglob("*"))
         if f.is_file() and f.name != ".lock"
+    }
+
+
+def directories(lab: Path) -> set[str]:
+    """Every directory of the lab but git's and DVC's own."""
+    return {
+        str(d.relative_to(lab))
+        for d in lab.rglob("*")
+        if d.is_dir() and not d.relative_to(lab).parts[0].startswith(".")
     }
 
 
@@ -100,7 +118,7 @@ def repro_until(lab: Path, sig: int, after_step: int) -> tuple[int, str]:
 
 
 def stage_lock(lab: Path, stage: str) -> dict:
-    """A stage's entry in the lock file beside its dvc.yaml ("study/dvc.yaml:task@lm" or "exp")."""
+    """A stage's entry in the lock file beside its dvc.yaml ("study/dvc.yaml:train@..." or "exp")."""
     dvc_file, _, name = stage.rpartition(":")
     lock = lab / Path(dvc_file or "dvc.yaml").with_suffix(".lock")
     return yaml.safe_load(lock.read_text())["stages"][name]
@@ -137,32 +155,110 @@ def test_changed_config_starts_fresh_and_dvc_caches_only_the_final_outputs(lab):
     assert train["resumed_from_step"] == 0 and train["steps"] == 20
     assert (lab / "models" / VARIANT / ".s0.previous" / "latest.pt").read_bytes() == old  # moved aside, not lost
 
-    (models,) = [o for o in stage_lock(lab, STAGE)["outs"] if o["path"] == "models/lm"]
+    (models,) = [o for o in stage_lock(lab, STAGE)["outs"] if o["path"] == f"models/{VARIANT}"]
     manifest = lab / ".dvc" / "cache" / "files" / "md5" / models["md5"][:2] / models["md5"][2:]
     cached = {entry["relpath"] for entry in json.loads(manifest.read_text())}
-    variants = ("linear-softmax-top2-e8", "dense")
-    runs = {f"{v}/s0/{checkpoint}" for v in variants for checkpoint in ("latest.pt", "best.pt")}
-    assert cached == runs, "DVC cached moelab's lock or a moved-aside run"
+    assert cached == {"s0/latest.pt", "s0/best.pt"}, "DVC cached moelab's lock or a moved-aside run"
     assert "up to date" in sh(f"dvc status {STAGE}", lab)
     changed = sh("git status --porcelain --untracked-files=all", lab).splitlines()
     assert not [line for line in changed if ".previous/" in line or line.endswith("/.lock")], changed
+
+
+# ---------------------------------------------------------------- results DVC vouches for
+@pytest.mark.parametrize("damage", ["edited", "truncated", "truncated-routing"])
+def test_a_damaged_result_is_recomputed_and_the_report_stays(lab, damage):
+    """A result changed behind DVC's back (an edited number, a file cut short) is an output that no longer
+    matches the lock: `dvc repro` re-runs the stage that writes it, which recomputes it; the report is
+    then rebuilt from the true value, and never left deleted."""
+    set_train(lab, steps=6, checkpoint_every=3, eval_every=3, lr=0.003)
+    sh("dvc repro", lab)
+    result = (
+        lab / "metrics" / "study" / VARIANT / "eval" / ("s0.routing.json" if damage.endswith("routing") else "s0.json")
+    )
+    true, summary = result.read_bytes(), (lab / "metrics" / "summary.md").read_bytes()
+    if damage == "edited":
+        values = json.loads(true)
+        values["test_ppl"] = 111.0
+        result.write_text(json.dumps(values))
+    else:
+        result.write_bytes(true[: len(true) // 2])
+    out = sh("dvc repro", lab)
+    assert f"Running stage '{EVALUATE}'" in out, out
+    assert result.read_bytes() == true
+    assert (lab / "metrics" / "summary.md").read_bytes() == summary
+    assert "111" not in (lab / "metrics" / "summary.md").read_text()
+
+
+def test_a_narrowed_study_averages_only_what_params_asks_for(tmp_path):
+    """Seeds [0, 1] -> [0], tasks [lm, classification] -> [lm], fewer steps: the report shows exactly
+    one seed of the new run per variant and no classification, however many old files are on disk."""
+    from labrepo import ONE_CELL, shrink
+
+    def shape(params):
+        params.update(ONE_CELL, tasks=["lm", "classification"], seeds=[0, 1])
+        return shrink(params, ["lm", "classification"])
+
+    lab = make_lab(tmp_path / "lab", sh, shape)
+    sh("dvc repro", lab)
+    set_params(lab, lambda p: (p.update(seeds=[0], tasks=["lm"]), p["lm"]["train"].update(steps=4)))
+    sh("dvc repro", lab)
+    summary = json.loads((lab / "metrics" / "summary.json").read_text())
+    headline = json.loads((lab / "metrics" / "study.json").read_text())
+    assert set(headline) == {"lm"} and "classification" not in json.dumps(summary)
+    for variant in ("linear-softmax-top2-e8", "dense"):
+        assert headline["lm"][variant]["n"] == 1
+        evaluation = json.loads((lab / "metrics" / "study" / "lm" / variant / "eval" / "s0.json").read_text())
+        assert headline["lm"][variant]["test_ppl"] == pytest.approx(evaluation["test_ppl"], rel=1e-5)
+        trained = json.loads((lab / "metrics" / "study" / "lm" / variant / "train" / "s0.json").read_text())
+        assert trained["steps"] == 4
+        assert not (lab / "metrics" / "study" / "lm" / variant / "eval" / "s1.json").exists()
 
 
 # ---------------------------------------------------------------- a bad value
 @pytest.mark.parametrize("value", ["top_k=9", "lm.evaluate.top_p=0"])
 def test_bad_exp_value_changes_no_file(lab, value):
     """`dvc exp run -S <bad value>` fails at validation and leaves every output byte-identical
-    (DVC removes a stage's outputs before running it unless they persist). The experiment's stages
-    are targeted so that the stage the value belongs to is the one that runs."""
+    (DVC removes a stage's outputs before running it unless they persist). The experiment's stage is
+    targeted so that the stage the value belongs to is the one that runs."""
     set_train(lab, steps=6, checkpoint_every=3, eval_every=3, lr=0.003)
     sh("dvc repro exp && git add -A && git commit -qm exp --allow-empty", lab)
     before = outputs(lab)
-    assert any(k.startswith("models/exp/") for k in before) and "metrics/exp/train.meta.json" in before
+    assert any(k.startswith("models/exp/") for k in before) and "metrics/exp/train/run.meta.json" in before
     r = run(["dvc", "exp", "run", "-S", value, "exp"], lab, check=False)
     key = value.split("=")[0]
     assert r.returncode != 0 and f"error: params.yaml: {key} = " in r.stdout + r.stderr, r.stdout + r.stderr
     sh("git checkout -- params.yaml dvc.lock", lab)  # a failed workspace experiment leaves params.yaml edited
     assert outputs(lab) == before
+
+
+REFUSED = [  # (-S value, what the one error line names)
+    ("lm.data.source=shakespear", "lm.data.source = 'shakespear' is not allowed (did you mean 'shakespeare'?)"),
+    ("lm.data.source=../../etc/passwd", "lm.data.source = '../../etc/passwd' is not allowed"),
+    ("tasks=[]", "tasks"),
+    ("routers=[]", "routers"),
+    ('tasks=["$(touch marker)/x"]', "tasks[0] = '$(touch marker)/x' is not allowed"),
+    ("tasks=[\"lm'; touch marker; '\"]", "tasks[0] = "),
+    ('routers=["linear;touch marker;#"]', "routers[0] = 'linear;touch marker;#' is not allowed"),
+    ('gates=["$(touch marker)/softmax-top2"]', "gates[0] = "),
+]
+
+
+@pytest.mark.parametrize("value,names", REFUSED, ids=[v for v, _ in REFUSED])
+def test_a_refused_value_changes_no_file_and_creates_no_directory(lab, value, names):
+    """`dvc exp run -S <value>` with a value the check refuses: one error line naming the key; every
+    output byte-identical (the prepared data too: DVC removes it neither before prepare runs nor when
+    the experiment's pipeline, with other stages, is checked out), no new directory, nothing executed."""
+    sh("dvc repro && git add -A && git commit -qm study --allow-empty", lab)
+    before, dirs = outputs(lab), directories(lab)
+    r = run(["dvc", "exp", "run", "-S", value], lab, check=False)
+    log = r.stdout + r.stderr
+    assert r.returncode != 0 and names in log, log
+    errors = [line for line in log.splitlines() if "error" in line.lower() and "failed to reproduce" not in line]
+    assert len(errors) == 1, log
+    sh("git checkout -- params.yaml", lab)  # a failed workspace experiment leaves params.yaml edited
+    assert outputs(lab) == before, "an output changed or vanished"
+    assert directories(lab) == dirs, sorted(directories(lab) ^ dirs)
+    assert not list(lab.rglob("marker*")), log
 
 
 EXPERIMENT_KEYS = {"task", "router", "norm", "top_k", "model", "seed"}  # what `dvc exp run -S` changes
@@ -178,34 +274,8 @@ def test_the_check_covers_every_key_but_the_experiments_and_the_experiment_loses
     assert set(check["params"]) == keys - EXPERIMENT_KEYS
     exp = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["exp"]
     assert set(exp["params"]) >= EXPERIMENT_KEYS
-    outputs = [entry for kind in ("outs", "metrics", "plots") for entry in exp[kind]]
-    assert all(opts.get("persist") for entry in outputs for opts in entry.values()), outputs
-
-
-# ---------------------------------------------------------------- shell injection through a study name
-@pytest.mark.parametrize(
-    "key,value,stage",
-    [
-        ("routers", "linear;touch marker;#", "study/dvc.yaml:task@lm"),
-        ("routers", "linear';touch marker;'", "study/dvc.yaml:task@lm"),
-    ],
-)
-def test_a_study_name_never_reaches_a_shell(lab, key, value, stage):
-    """A study list value holding shell syntax never runs: the study's stage pastes no router, gate or
-    model name into its command (it reads them from params.yaml), and params.yaml is validated before
-    the stage runs, also when the stages upstream of it are up to date. (The one pasted value, a task
-    name, is refused by DVC itself unless it is a key of params.yaml.)"""
-    sh("dvc repro study/dvc.yaml:prepare@lm", lab)
-    params = yaml.safe_load((lab / "params.yaml").read_text())
-    params[key] = [value]
-    (lab / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    try:
-        r = run(["dvc", "repro", stage.format(value)], lab, check=False)
-        log = r.stdout + r.stderr
-        assert r.returncode != 0 and f"params.yaml: {key}[0] = " in log and "is not allowed" in log, log
-        assert not [p for p in lab.rglob("marker*")], f"the shell ran a command hidden in {key}: {value!r}\n{log}"
-    finally:
-        sh("git checkout -- params.yaml", lab)
+    outputs_ = [entry for kind in ("outs", "metrics", "plots") for entry in exp.get(kind, [])]
+    assert all(opts.get("persist") for entry in outputs_ for opts in entry.values()), outputs_
 
 
 # ---------------------------------------------------------------- the repository's own dvc.lock
@@ -244,8 +314,8 @@ def test_committed_dvc_lock_matches_the_code_and_params():
 
 
 # one beside each dvc.yaml
-LOCKS = ("dvc.lock", "study/dvc.lock", "fingerprints/dvc.lock", "layer/dvc.lock", "claims/dvc.lock")
-WATCHED = ("src", "params.yaml", "dvc.yaml", "study", "fingerprints", "layer", "claims", *LOCKS)
+LOCKS = ("dvc.lock", "study/dvc.lock", "fingerprints/dvc.lock", "layer/dvc.lock", "claims/dvc.lock", "scale/dvc.lock")
+WATCHED = ("src", "params.yaml", "dvc.yaml", "study", "fingerprints", "layer", "claims", "scale", *LOCKS)
 
 
 def recorded_outputs(lock: Path) -> set[str]:

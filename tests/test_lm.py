@@ -107,3 +107,34 @@ def test_lm_prepare_from_a_local_file_through_the_datasets_path(tmp_path, params
     assert (tmp_path / "prepared" / "manifest.json").exists()
     assert stats["train_documents"] > 0 and stats["test_tokens"] > 0
     assert (tmp_path / "prepared" / "tokenizer.json").exists()
+
+
+def test_references_and_bits_per_character_on_the_prepared_corpus(prepared, params):
+    """The LM's reference rows on the same targets as the models: unigram > Kneser-Ney bigram > trigram in
+    perplexity; bpc = total NLL / ln 2 / characters of the targets' text for every row, the character
+    count being that of the decoded targets (each <eos> one character); a model's evaluation uses the same
+    count, so a model and a reference are compared in bits per character on the same text."""
+    import math
+
+    from moelab.ngram import KneserNey
+    from moelab.tasks import build_task
+
+    task = build_task(resolve_run(params, task="lm", dense=True), prepared("lm"))
+    refs = task.references()
+    assert refs["unigram"]["test_ppl"] > refs["kn-bigram"]["test_ppl"] > refs["kn-trigram"]["test_ppl"] > 1
+    assert [refs[n]["role"] for n in ("unigram", "kn-bigram", "kn-trigram")] == ["trivial", "bar", "context"]
+    targets = task.scored_targets("test")
+    chars = task.characters("test")
+    assert chars == len(task.text(targets)) > targets.numel()  # BPE: several characters per token
+    for name in ("unigram", "kn-bigram", "kn-trigram"):
+        ref = refs[name]
+        nll = ref["test_loss"] * ref["test_tokens"]
+        assert ref["test_bpc"] == pytest.approx(nll / math.log(2) / chars, rel=1e-9)
+        assert ref["test_tokens"] == targets.numel()
+    # the bigram row is the n-gram model scored directly (context from the stream before each target)
+    stream = task.stream("test").numpy()
+    bigram = KneserNey(2, task.vocab_size).fit(task.stream("train").numpy())
+    assert refs["kn-bigram"]["test_loss"] == pytest.approx(
+        bigram.nll(stream[: 1 + targets.numel()], start=1) / targets.numel()
+    )
+    assert 0 < refs["kn-char-5gram"]["test_bpc"] < refs["unigram"]["test_bpc"]

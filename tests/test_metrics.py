@@ -68,3 +68,30 @@ def test_abbreviations_do_not_end_a_sentence():
     assert rouge_scores([prediction], [reference])["rougeLsum"] == pytest.approx(
         direct(as_nltk, prediction)["rougeLsum"], abs=1e-12
     )
+
+
+def test_lead_n_is_chosen_on_validation_and_scored_on_test(tmp_path, params_file):
+    """The summariser's bar: lead-N with the N of 1..30 that maximises validation ROUGE-L (the shortest of
+    equals), scored on the test split like a model; beside it the trivial lead at the median length."""
+    from moelab.data.prepare import prepare
+    from moelab.resolve import load_params, resolve_run
+    from moelab.tasks import build_task
+    from moelab.tasks.summarization import LEAD_MAX_WORDS, lead_words
+
+    params = load_params(params_file(lambda d: d["summarization"]["data"].update(max_records=300, vocab_size=300)))
+    prepare("summarization", params.summarization.data, tmp_path / "data")
+    task = build_task(resolve_run(params, task="summarization", dense=True), tmp_path / "data")
+    refs = task.references()
+    (median,) = [n for n, r in refs.items() if r["role"] == "trivial"]
+    (tuned,) = [n for n, r in refs.items() if r["role"] == "bar"]
+    n = refs[tuned]["words"]
+    docs, summaries = task._evaluated_texts("validation")
+    by_n = {
+        k: rouge_scores([lead_words(d, k) for d in docs], summaries)["rougeL"] for k in range(1, LEAD_MAX_WORDS + 1)
+    }
+    assert by_n[n] == max(by_n.values()) and tuned == f"lead-{n}-val"
+    docs, summaries = task._evaluated_texts("test")
+    assert refs[tuned]["test_rougeL"] == pytest.approx(
+        rouge_scores([lead_words(d, n) for d in docs], summaries)["rougeL"]
+    )
+    assert refs[median]["val_rougeL"] <= refs[tuned]["val_rougeL"]

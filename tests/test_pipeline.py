@@ -129,47 +129,60 @@ def test_editing_report_or_benchmark_code_reruns_no_training(lab, edited, reruns
 
 
 @pytest.mark.slow
-def test_an_evaluation_only_change_re_evaluates_a_task_without_retraining_it(lab):
+def test_an_evaluation_only_change_re_runs_only_evaluate_stages(lab):
+    """lm.evaluate changed: DVC re-runs the LM's evaluate stages (and the report), no train stage, and
+    no stage of another task; the checkpoints are untouched."""
     repo, _ = lab
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["lm"]["evaluate"]["samples"] += 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run = repo / "models" / "lm" / "linear-softmax-top2-e8" / "s0"
     stamps = {f.name: f.stat().st_mtime_ns for f in run.glob("*.pt")}
-    out = sh("dvc repro", repo)
-    assert "Running stage 'study/dvc.yaml:task@lm'" in out
-    assert "Running stage 'study/dvc.yaml:task@classification" not in out, "only the LM's evaluate params changed"
-    assert {f.name: f.stat().st_mtime_ns for f in run.glob("*.pt")} == stamps, "the finished run was not retrained"
-    samples = repo / "metrics" / "study" / "lm" / "linear-softmax-top2-e8" / "eval" / "s0.samples.md"
-    assert samples.read_text().count("## Sample ") == params["lm"]["evaluate"]["samples"]
+    try:
+        stale = changed_stages(repo)
+        study = "study/dvc.yaml:"
+        assert {s for s in stale if s.startswith(study)} == {
+            f"{study}evaluate@lm-linear-softmax-top2-e8",
+            f"{study}evaluate-dense@lm",
+            f"{study}references@lm",
+        }, stale
+        out = sh("dvc repro", repo)
+        assert "Running stage 'study/dvc.yaml:evaluate@lm-linear-softmax-top2-e8'" in out
+        assert "Running stage 'study/dvc.yaml:train" not in out and "classification" not in out.split("Running")[-1]
+        assert {f.name: f.stat().st_mtime_ns for f in run.glob("*.pt")} == stamps, "a run was retrained"
+        samples = repo / "metrics" / "study" / "lm" / "linear-softmax-top2-e8" / "eval" / "s0.samples.md"
+        assert samples.read_text().count("## Sample ") == params["lm"]["evaluate"]["samples"]
+    finally:
+        params["lm"]["evaluate"]["samples"] -= 1
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        sh("dvc repro", repo)
 
 
 @pytest.mark.slow
-def test_a_task_stage_re_run_redoes_only_what_changed(lab):
-    """After a gate is added, the task's stage trains and evaluates the new variant only: the finished
-    runs keep their checkpoints and their evaluations (same config, checkpoint and code); removing the
-    gate again removes the variant's metrics, so the report never shows it."""
+def test_a_new_gate_adds_its_stages_and_re_runs_nothing_else(lab):
+    """A gate added to the study: DVC reports the new variant's train and evaluate stages (and the report
+    and benchmark, which read every variant) and nothing of the finished variants; one variant's stage
+    can be run alone; removing the gate again leaves the report without it."""
     repo, _ = lab
     params_file = repo / "params.yaml"
     original = params_file.read_text()
-    study = repo / "metrics" / "study" / "classification"
-    kept = [study / variant / "eval" / "s0.json" for variant in ("linear-softmax-top2-e8", "dense")]
-    kept += [repo / "models" / "classification" / "linear-softmax-top2-e8" / "s0" / "latest.pt"]
-    before = {f: f.stat().st_mtime_ns for f in kept}
     params = yaml.safe_load(original)
     params["gates"].append("sparsemax")
     try:
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        out = sh("dvc repro study/dvc.yaml:task@classification", repo)
-        assert "trained classification/linear-sparsemax-e8/s0" in out, out
-        assert "evaluated classification/linear-softmax-top2-e8/s0: up to date" in out, out
-        assert {f: f.stat().st_mtime_ns for f in kept} == before, "an up-to-date run was trained or evaluated again"
-        assert (study / "linear-sparsemax-e8" / "eval" / "s0.json").is_file()
+        stale = {s for s in changed_stages(repo) if s.startswith("study/")}
+        assert stale == {
+            f"study/dvc.yaml:{kind}@{task}-linear-sparsemax-e8"
+            for kind in ("train", "evaluate")
+            for task in ("lm", "summarization", "classification")
+        }, stale
+        out = sh("dvc repro study/dvc.yaml:train@classification-linear-sparsemax-e8", repo)
+        assert "trained classification/linear-sparsemax-e8/s0" in out and out.count("Running stage") == 1, out
     finally:
         params_file.write_text(original)
-    out = sh("dvc repro study/dvc.yaml:task@classification", repo)
-    assert not (study / "linear-sparsemax-e8").exists() and "no longer in the study" in out, out
-    assert {f: f.stat().st_mtime_ns for f in kept} == before
+    sh("dvc repro", repo)
+    summary = json.loads((repo / "metrics" / "summary.json").read_text())
+    assert "linear-sparsemax" not in json.dumps(summary)
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def digest(repo: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Path:
     repo = make_lab(tmp_path_factory.mktemp("queue"), sh)
-    sh("dvc repro -q study/dvc.yaml:prepare@lm && git add -A && git commit -qm baseline", repo)
+    sh("dvc repro -q study/dvc.yaml:pretrain@lm && git add -A && git commit -qm baseline", repo)  # data + base
     yield repo
     subprocess.run("dvc queue stop", shell=True, cwd=repo, env=ENV, capture_output=True, timeout=60)
 
@@ -73,7 +73,7 @@ def test_two_queued_experiments_run_in_parallel_each_in_its_own_workspace(lab):
     for name in (t[1] for t in tasks):
         log = sh(f"dvc queue logs {name}", lab)
         assert "Running stage 'exp'" in log, log
-        assert "Running stage 'study/dvc.yaml:task@" not in log, log
+        assert "Running stage 'study/dvc.yaml:" not in log, log
 
     rows = list(csv.DictReader(io.StringIO(sh(f"dvc exp show --no-pager --csv --drop '.*' --keep '{KEEP}'", lab))))
     assert {"router", "norm", "top_k", "model"} <= set(rows[0]), rows[0].keys()
