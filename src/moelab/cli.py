@@ -32,6 +32,7 @@ COMMANDS = {  # name: (module, help)
     "claims": ("moelab.claims.cli", "re-test published gating claims: run a claim's cells x seeds, or report verdicts"),
     "machine": ("moelab.machine", "write the machine fingerprint the benchmark's timings depend on"),
     "code": ("moelab.stages", "write the hash of the code each pipeline stage runs (what dvc.yaml depends on)"),
+    "paper-smoke": ("moelab.paper.smoke", "the paper preset (Switch-Base-8/16) at full size: time, memory, FLOPs"),
 }
 
 

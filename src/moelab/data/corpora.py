@@ -9,6 +9,8 @@ A ``source`` is one of
   whose names start with ``train``/``validation``/``test`` (also ``valid``, ``val``,
   ``dev``) become those splits; ``.txt`` files give one record per blank-line-separated
   paragraph in a column ``text``;
+* a directory written by ``DatasetDict.save_to_disk`` (or ``Dataset.save_to_disk``: one train
+  split), read with ``datasets.load_from_disk``; its splits are taken as a hub dataset's are;
 * a Hugging Face hub dataset name such as ``roneneldan/TinyStories`` or ``stanfordnlp/imdb``.
 
 Splits the source provides are used as they are; missing validation/test splits are carved
@@ -182,6 +184,8 @@ def _load(source: str) -> _Loaded:
     if bundled in BUNDLED_FILES:
         return _load_bundled(bundled)
     path = Path(source).expanduser()
+    if _is_saved_dataset(path):
+        return _load_saved(path)
     if path.exists():
         return _load_local(path)
     if _looks_like_path(source):
@@ -375,20 +379,44 @@ def _load_hub(name: str) -> _Loaded:
                 f"cannot reach Hugging Face hub for '{name}' (offline?): download it once with "
                 f"network (`python -c \"import datasets; datasets.load_dataset('{name}')\"`) so "
                 "it is in the HF cache, set HF_DATASETS_OFFLINE=1, or point data.source at a "
-                "local copy (json/jsonl/csv/parquet)"
+                "local copy (json/jsonl/csv/parquet, or a save_to_disk directory)"
             ) from exc
         raise DataError(
             f"could not load Hugging Face dataset '{name}' ({_first_line(exc)}); "
             "check the name or point data.source at a local copy "
-            "(json/jsonl/csv/parquet)"
+            "(json/jsonl/csv/parquet, or a save_to_disk directory)"
         ) from exc
+    return _dataset_splits(loaded, f"Hugging Face dataset '{name}'", "point data.source at a local copy instead")
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    """A directory `save_to_disk` wrote: dataset_dict.json (a DatasetDict) or state.json (one Dataset)."""
+    return path.is_dir() and any((path / marker).is_file() for marker in ("dataset_dict.json", "state.json"))
+
+
+def _load_saved(path: Path) -> _Loaded:
+    """A save_to_disk directory (e.g. a hub dataset saved once with network, or a test's stand-in), read with
+    `datasets.load_from_disk` (load_dataset refuses these); its splits are then taken as a hub dataset's."""
+    datasets = _quiet_datasets()
+    origin = f"saved dataset {path}"
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise DataError(
+            f"could not read {origin} with datasets.load_from_disk ({_first_line(_root_cause(exc))}); "
+            "re-save it with DatasetDict.save_to_disk or point data.source at json/jsonl/csv/parquet files"
+        ) from exc
+    if isinstance(loaded, datasets.Dataset):  # Dataset.save_to_disk: one table, validation/test carved from it
+        loaded = {"train": loaded}
+    return _dataset_splits(loaded, origin, "save the DatasetDict with a train split")
+
+
+def _dataset_splits(loaded, origin: str, fix: str) -> _Loaded:
+    """The train/validation/test tables of a `datasets` DatasetDict (split aliases such as `valid` mapped)."""
     tables = {_SPLIT_ALIASES[split]: table for split, table in loaded.items() if split in _SPLIT_ALIASES}
     if "train" not in tables:
-        raise DataError(
-            f"Hugging Face dataset '{name}' has no train split (found: "
-            f"{', '.join(loaded)}); point data.source at a local copy instead"
-        )
-    return _Loaded(f"Hugging Face dataset '{name}'", tables)
+        raise DataError(f"{origin} has no train split (found: {', '.join(loaded)}); {fix}")
+    return _Loaded(origin, tables)
 
 
 def _is_offline_error(exc: BaseException) -> bool:
