@@ -22,6 +22,7 @@ from labrepo import install_shim, lab_env, lab_sh, make_lab, tiny_tasks
 from moelab.provenance import TRAIN_CODE, code_files, code_hash
 from moelab.stages import STAGE_CODE
 
+ROOT = Path(__file__).resolve().parents[1]
 CODE_DEP = "fingerprints/code/"
 MACHINE = "fingerprints/dvc.yaml:machine"
 
@@ -76,19 +77,24 @@ def test_every_stage_depends_on_the_hash_of_exactly_the_code_its_command_imports
         (record,) = [r for r in records if r["argv"] == shlex.split(cmd)[1:]]  # each stage ran once
         imported[kind] |= {module_file(repo / "src", m) for m in record["moelab_modules"]}
     package = repo / "src" / "moelab"
-    # a checkpoint records the hash of all of TRAIN_CODE (train/cli.py too, which the cell stage does
-    # not import): a change there starts its runs fresh, so the stage that trains them must re-run
+    # a checkpoint records the hash of all of TRAIN_CODE (train/pretrain.py too, which the train command
+    # does not import): a change there starts its runs fresh, so every stage that trains must re-run
     recorded = {str(f.relative_to(package)) for f in code_files(TRAIN_CODE, package)}
+    elsewhere = {"scale": "scale/dvc.yaml"}  # kinds of pipelines the lab does not run (each minutes long)
     for kind, parts in STAGE_CODE.items():
+        if kind in elsewhere:
+            assert f"{CODE_DEP}{kind}.json" in (ROOT / elsewhere[kind]).read_text()
+            continue
         declared = {str(f.relative_to(package)) for f in code_files(parts, package)}
         assert imported[kind], f"no stage of dvc.yaml depends on {CODE_DEP}{kind}.json"
         missing = sorted(imported[kind] - declared)
-        unused = sorted(declared - imported[kind] - (recorded if kind == "cell" else set()))
+        unused = sorted(declared - imported[kind] - (recorded if kind in ("train", "exp", "scale") else set()))
         assert not missing and not unused, (
             f"stage kind {kind}: imported but not in moelab/stages.py STAGE_CODE: {missing}; declared but never "
             f"imported: {unused}"
         )
-    assert set(TRAIN_CODE) <= set(STAGE_CODE["cell"])  # every checkpoint records the hash of TRAIN_CODE
+    for kind in ("train", "exp", "scale"):  # every checkpoint records the hash of TRAIN_CODE
+        assert set(TRAIN_CODE) <= set(STAGE_CODE[kind])
 
 
 @pytest.mark.slow
@@ -105,7 +111,8 @@ def test_every_checkpoint_records_the_hash_of_the_training_code(lab):
     the code the study's stage depends on (the first test)."""
     repo, _ = lab
     metas = sorted((repo / "metrics" / "study").glob("*/*/train/s0.meta.json"))
-    assert len(metas) == 6  # 3 tasks x (one MoE variant + dense)
+    metas += sorted((repo / "metrics" / "base").glob("*/train/*.meta.json"))
+    assert len(metas) == 6 + 6  # 3 tasks x (one MoE variant + dense), and their bases (e8, dense)
     assert {json.loads(m.read_text())["code"] for m in metas} == {code_hash(TRAIN_CODE)}
 
 

@@ -159,7 +159,9 @@ def test_prepare_pretrain_train_evaluate_through_the_cli(tiny_params, tmp_path, 
         assert bench["flops_per_token"] == pytest.approx(bench["flops_per_token_realised"], rel=1e-12)
     else:
         assert bench["flops_per_token"] > bench["flops_per_token_realised"]
-    assert bench["moe_blocks"] == len(bench["experts_per_token"]) == 2
+    layers = yaml.safe_load(tiny_params.read_text())[task]["models"]["e8"]["n_layers"]
+    sparse = 2 * layers if task == "summarization" else layers  # the summariser: encoder and decoder layers
+    assert bench["moe_blocks"] == len(bench["experts_per_token"]) == sparse
     assert bench["params_active"] < bench["params_total"] and bench["forward_p90_ms"] >= bench["forward_ms"] > 0
     metrics = tmp_path / "metrics" / "study" / task / f"linear-{gate}-e8"
     train = json.loads((metrics / "train" / "s0.json").read_text())
@@ -172,7 +174,7 @@ def test_prepare_pretrain_train_evaluate_through_the_cli(tiny_params, tmp_path, 
     assert ev["test_loss"] > 0 and ev["flops_per_token"] > 0 and ev["test_examples"] > 0
     assert all(isinstance(v, (int, float)) or v is None for v in ev.values()), "eval.json holds numbers only"
     routing = json.loads((metrics / "eval" / "s0.routing.json").read_text())
-    assert len(routing["layers"]) == 2  # e8: 1 encoder + 1 decoder sparse layer / 2 encoder blocks
+    assert len(routing["layers"]) == sparse  # every MoE layer: encoder then decoder for the summariser
     for layer in routing["layers"]:
         assert layer["tokens"] > 0 and len(layer["tokens_per_expert"]) == 8
         assert sum(layer["tokens_per_expert"]) == pytest.approx(layer["experts_per_token"] * layer["tokens"])

@@ -74,10 +74,11 @@ class StatsCollector:
 
 
 def load_trained(run: RunConfig, task, model_dir: Path, which: str = "best.pt"):
+    """The trained model in eval mode, on the GPU when there is one (the tasks move each batch to it)."""
     model = task.build_model()
     path = model_dir / which
     load_model_state(model, load_checkpoint(path), path, run.to_dict())
-    return model.eval()
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
 def evaluate(run: RunConfig, data_dir: str | Path, paths: RunPaths, progress: bool = True) -> dict:

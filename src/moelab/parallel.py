@@ -33,17 +33,17 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def run_all(fn: Callable, work: list[tuple], jobs: int = 0) -> list:
+def run_all(fn: Callable, work: list[tuple], jobs: int = 0, costs: list[float] | None = None) -> list:
     """[fn(*args) for args in work], `jobs` at a time (0: one per core), every run with one thread; results
-    in the order of `work`. This process runs items 0, jobs, 2 jobs, ... itself while jobs - 1 fresh
-    processes (spawn: forking a process that has used torch is unsafe) run the rest, so a stage pays for
-    one process start and torch import fewer. Runs of one stage cost alike (the seeds of a variant), so
-    the split is fixed in advance."""
+    in the order of `work`. This process runs its share itself while jobs - 1 fresh processes (spawn:
+    forking a process that has used torch is unsafe) run the rest, so a stage pays for one process start
+    and torch import fewer. The shares are fixed in advance: by position when the runs cost alike (the
+    seeds of a variant), else longest first, each to the least loaded (`costs`, e.g. training steps)."""
     jobs = min(jobs or available_cores(), len(work))
     one_thread()
     if jobs <= 1:
         return [fn(*args) for args in work]
-    mine = list(range(0, len(work), jobs))
+    mine = _share(len(work), jobs, costs)
     theirs = [i for i in range(len(work)) if i not in mine]
     results: list = [None] * len(work)
     with ProcessPoolExecutor(max_workers=jobs - 1, mp_context=get_context("spawn"), initializer=one_thread) as pool:
@@ -53,3 +53,16 @@ def run_all(fn: Callable, work: list[tuple], jobs: int = 0) -> list:
         for i, future in futures.items():
             results[i] = future.result()
     return results
+
+
+def _share(n: int, jobs: int, costs: list[float] | None) -> list[int]:
+    """The items this process runs: every jobs-th one, or (costs given) bucket 0 of a longest-first
+    assignment of the items to `jobs` buckets, each item to the least loaded bucket."""
+    if costs is None:
+        return list(range(0, n, jobs))
+    loads, buckets = [0.0] * jobs, [[] for _ in range(jobs)]
+    for i in sorted(range(n), key=lambda i: -costs[i]):
+        least = loads.index(min(loads))
+        loads[least] += costs[i]
+        buckets[least].append(i)
+    return sorted(buckets[0])

@@ -200,5 +200,6 @@ def run(args) -> None:
         runs = [finetune_run(base_raw, spec, task, v, b) for v in spec.finetune_variants for b in section.finetune]
         name = f"{task}-finetune"
     root = Path(args.models_dir) / name
-    results = run_all(execute, [(r, prepared_dir(task), root) for r in runs], args.jobs)
+    costs = [r.train.steps * (1.5 if r.model.moe is not None else 1.0) for r in runs]  # MoE steps cost more
+    results = run_all(execute, [(r, prepared_dir(task), root) for r in runs], args.jobs, costs)
     write_json(Path(args.out) / f"{name}.json", {"task": task, "runs": results})

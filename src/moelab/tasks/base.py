@@ -161,6 +161,12 @@ def row_batches(n: int, batch_size: int, max_batches: int | None = None) -> Iter
         yield list(range(first, min(first + batch_size, n)))
 
 
+def on_device(batch: dict, model: torch.nn.Module) -> dict:
+    """The batch's tensors on the model's device (evaluation runs where the model is: a GPU when there is one)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def no_progress(progress: bool):
     """tqdm kwargs: a bar only when asked for."""
     return {"disable": not progress, "mininterval": 1.0}

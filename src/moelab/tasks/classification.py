@@ -12,7 +12,7 @@ import torch
 from ..config.schema import DataParams, at_least
 from ..errors import DataError
 from ..models.classifier import EncoderClassifier
-from .base import SPLITS, TASKS, Metric, Task, no_progress, pad_batch, row_batches
+from .base import SPLITS, TASKS, Metric, Task, no_progress, on_device, pad_batch, row_batches
 
 
 @dataclass(frozen=True)
@@ -198,6 +198,7 @@ class ClassificationTask(Task):
         for batch in tqdm(
             self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"eval {split}", **no_progress(progress)
         ):
+            batch = on_device(batch, model)
             logits = model(batch["input_ids"], batch["attention_mask"].bool())  # [B, C]
             nll += torch.nn.functional.cross_entropy(logits.float(), batch["labels"], reduction="sum").item()
             preds += logits.argmax(-1).tolist()

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..config.schema import DataParams, EvalParams, allowed, at_least
 from ..errors import DataError
 from ..models.lm import IGNORE, DecoderLM, causal_moe
-from .base import SPLITS, TASKS, Metric, Task, no_progress
+from .base import SPLITS, TASKS, Metric, Task, no_progress, on_device
 
 EOS_CHAR = "\n"  # a document break, in the text bits per character are counted over
 
@@ -174,6 +174,7 @@ class LMTask(Task):
         for batch in tqdm(
             self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"eval {split}", **no_progress(progress)
         ):
+            batch = on_device(batch, model)
             logits = model(batch["input_ids"], batch["targets"] != IGNORE).float()
             nll += (
                 F.cross_entropy(
@@ -233,7 +234,8 @@ class LMTask(Task):
 
     def samples_markdown(self, model) -> str:
         ev = self.run.evaluate
-        gen = torch.Generator().manual_seed(self.run.seed)
+        device = next(model.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(self.run.seed)
         ids = self.stream("test")
         lines = [
             f"# Samples: {self.run.task}/{self.run.name}/seed {self.run.seed}",
@@ -242,7 +244,7 @@ class LMTask(Task):
         prompt_len = 8
         for i in range(ev.samples):
             start = (i * 997) % max(1, ids.numel() - prompt_len)
-            prompt = ids[start : start + prompt_len].unsqueeze(0)
+            prompt = ids[start : start + prompt_len].unsqueeze(0).to(device)
             out = model.generate(prompt, ev.sample_tokens, ev.temperature, ev.sampling_top_k, ev.top_p, gen)
             lines.append(
                 f"## Sample {i + 1}\n**prompt:** {self.decode(prompt[0].tolist())!r}\n\n"

@@ -18,7 +18,7 @@ from ..config.schema import DataParams, EvalParams, allowed, at_least
 from ..errors import DataError
 from ..models.lm import IGNORE
 from ..models.switch import SwitchSeq2Seq, moe_config_for, scratch_config, stack_moe_configs
-from .base import SPLITS, TASKS, Metric, Task, no_progress, pad_batch, row_batches
+from .base import SPLITS, TASKS, Metric, Task, no_progress, on_device, pad_batch, row_batches
 
 SUMMARIZE_PREFIX = "summarize: "
 ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
@@ -311,6 +311,7 @@ class SummarizationTask(Task):
         for batch in tqdm(
             self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"loss {split}", **no_progress(progress)
         ):
+            batch = on_device(batch, model)
             logits = model(batch["input_ids"], batch["attention_mask"], batch["labels"]).float()
             nll += (
                 torch.nn.functional.cross_entropy(
@@ -335,6 +336,7 @@ class SummarizationTask(Task):
         for batch in tqdm(
             self.eval_batches(split, ev.batch_size, ev.max_batches), desc=f"generate {split}", **no_progress(progress)
         ):
+            batch = on_device(batch, model)
             out = model.generate(
                 batch["input_ids"],
                 batch["attention_mask"],
