@@ -24,7 +24,7 @@ ENV = {
     "OMP_NUM_THREADS": "1",
 }  # two trainings share the cores: no thread oversubscription
 # --keep / --drop regexes are matched from the start of the column name (re.match)
-KEEP = "Experiment|rev|State|^router$|^norm$|^top_k$|^model$|final_val_loss$|test_ppl$|parameters$"
+KEEP = "Experiment|rev|State|^router$|^norm$|^top_k$|^model$|test_loss$|test_ppl$|parameters$"
 
 
 def col(row: dict, name: str) -> str:
@@ -81,7 +81,7 @@ def test_two_queued_experiments_run_in_parallel_each_in_its_own_workspace(lab):
     assert set(exps) == {"linear", "attention"}, rows
     for r in exps.values():
         assert r["State"] == "Success" and r["top_k"] == "1" and r["norm"] == "softmax" and r["model"] == "e8"
-        assert float(col(r, "test_ppl")) > 1 and float(col(r, "final_val_loss")) > 0
+        assert float(col(r, "test_ppl")) > 1 and float(col(r, "test_loss")) > 0
     # the metrics are each experiment's own: the attention router has W_q (d x d per MoE layer) more
     d, layers = 64, 2
     assert (

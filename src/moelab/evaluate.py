@@ -8,6 +8,7 @@ eval/<run>.routing.json (per-layer routing detail, expert specialisation) and ev
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def load_trained(run: RunConfig, task, model_dir: Path, which: str = "best.pt"):
 def evaluate(run: RunConfig, data_dir: str | Path, paths: RunPaths, progress: bool = True) -> dict:
     """Evaluate the run's best.pt: paths.eval (numbers: what `dvc metrics` shows) and its provenance,
     paths.routing (per-layer detail, expert specialisation), paths.samples."""
+    start = time.perf_counter()
     torch.manual_seed(run.seed)
     task = build_task(run, Path(data_dir))
     task.check_data()  # every split readable before the checkpoint is loaded
@@ -95,7 +97,7 @@ def evaluate(run: RunConfig, data_dir: str | Path, paths: RunPaths, progress: bo
     detail = {k: metrics[k] for k in DETAIL_KEYS if k in metrics}
     write_json(paths.routing, detail)
     atomic_write_text(paths.samples, samples)
-    write_metrics(paths.eval, headline, run.to_dict())
+    write_metrics(paths.eval, headline, run.to_dict(), {"wall_s": time.perf_counter() - start})  # its cost: provenance
     return metrics
 
 

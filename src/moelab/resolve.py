@@ -299,7 +299,14 @@ def _validate_section(task: str, section: TaskParams) -> None:
 
 def _resolve_everything(params: Params) -> None:
     """Every run the pipeline will build: the experiment, each study variant and its base, the dense baseline."""
-    resolve_run(params)
+    experiment = resolve_run(params)
+    from_base = task_params(params, params.task).pretrain is not None and not experiment.model.pretrained
+    if from_base and (params.task not in params.tasks or params.model not in params.models):
+        raise ConfigError(
+            f"params.yaml: task = {params.task!r}, model = {params.model!r}: the experiment fine-tunes from "
+            f"the study's base of its task and size, which the study does not train; allowed: a task of "
+            f"`tasks` ({', '.join(params.tasks)}) and a size of `models` ({', '.join(params.models)})"
+        )
     for task in params.tasks:
         for router in params.routers:
             for gate in params.gates:

@@ -92,9 +92,10 @@ def runs(params: Params, variant: Variant, seeds: list[int] | None = None) -> li
 
 
 def experiment(params: Params) -> RunConfig:
-    """The one experiment: params.yaml's scalar keys, fine-tuned from its task's base of its size."""
+    """The one experiment: params.yaml's scalar keys, fine-tuned from its task's base of its size (a
+    preset with a `pretrained` checkpoint, e.g. the paper preset, starts from that checkpoint instead)."""
     run = resolve_run(params)
-    if task_params(params, run.task).pretrain is None:
+    if task_params(params, run.task).pretrain is None or run.model.pretrained:
         return run
     return resolve_run(params, init_from=str(base_paths(run.task, run.preset).checkpoints))
 
