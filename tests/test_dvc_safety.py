@@ -150,10 +150,11 @@ def test_changed_config_starts_fresh_and_dvc_caches_only_the_final_outputs(lab):
     out = sh(f"dvc repro {STAGE}", lab)
     fresh = [line for line in out.splitlines() if "started fresh" in line and f"models/{VARIANT}/" in line]
     assert len(fresh) == 1 and "another configuration" in fresh[0] and "in the checkpoint vs" in fresh[0], out
-    assert f"models/{VARIANT}/.s0.previous" in fresh[0], out
+    assert "models/lm/.linear-softmax-top2-e8.s0.previous" in fresh[0], out
     train = json.loads((lab / "metrics" / "study" / VARIANT / "train" / "s0.json").read_text())
     assert train["resumed_from_step"] == 0 and train["steps"] == 20
-    assert (lab / "models" / VARIANT / ".s0.previous" / "latest.pt").read_bytes() == old  # moved aside, not lost
+    aside = lab / "models" / "lm" / ".linear-softmax-top2-e8.s0.previous"  # beside the stage's output, not in it
+    assert (aside / "latest.pt").read_bytes() == old  # moved aside, not lost
 
     (models,) = [o for o in stage_lock(lab, STAGE)["outs"] if o["path"] == f"models/{VARIANT}"]
     manifest = lab / ".dvc" / "cache" / "files" / "md5" / models["md5"][:2] / models["md5"][2:]

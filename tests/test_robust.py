@@ -434,7 +434,7 @@ def test_non_finite_loss_stops_and_its_advice_works(tmp_path, monkeypatch, capfd
     started = [line for line in capfd.readouterr().out.splitlines() if "started fresh" in line]
     assert len(started) == 1 and knob.split(".")[-1] in started[0], started
     assert json.loads((tmp_path / "metrics" / "train" / "run.json").read_text())["resumed_from_step"] == 0
-    aside = tmp_path / "models" / ".run.previous" / "latest.pt"
+    aside = tmp_path / ".models.run.previous" / "latest.pt"
     assert aside.read_bytes() == seen["latest"], "the old run's checkpoint is moved aside, not deleted"
 
 
@@ -450,10 +450,8 @@ def test_restart_moves_the_run_aside_and_trains_from_step_zero(tmp_path, monkeyp
     capfd.readouterr()
     assert main([*argv, "--restart", "--stop-after", "3"]) == 0
     (line,) = [x for x in capfd.readouterr().out.splitlines() if "started fresh" in x]
-    assert (
-        line == f"moelab train: --restart: moved that run to {tmp_path / 'models' / '.run.previous'} and started fresh"
-    )
-    assert (tmp_path / "models" / ".run.previous" / "latest.pt").read_bytes() == finished
+    assert line == f"moelab train: --restart: moved that run to {tmp_path / '.models.run.previous'} and started fresh"
+    assert (tmp_path / ".models.run.previous" / "latest.pt").read_bytes() == finished
     assert json.loads((tmp_path / "metrics" / "train" / "run.json").read_text())["resumed_from_step"] == 0
     assert torch.load(tmp_path / "models" / "run" / "latest.pt", weights_only=True)["step"] == 3
 

@@ -47,23 +47,27 @@ OUTPUT_ROOTS = ("data/prepared", "models", "models/base", "metrics/study", "metr
 
 
 def remove_stray_directories(roots: tuple[str, ...] = OUTPUT_ROOTS) -> list[Path]:
-    """Remove the empty directories named like no study name can be, directly under the roots the
-    study's outputs live in. `dvc exp run` checks the new pipeline's outputs out before it runs any
-    stage, creating the parent directories of outputs whose path holds a refused study list value
-    (`-S 'tasks=[\"$(touch x)/y\"]'` -> data/prepared/$(touch x)/); moelab never makes such a name
-    (config.schema SAFE_NAME), and only empty directory trees are removed, so nothing else is touched."""
+    """Remove the empty directories named like no study name can be, at the two levels below the roots the
+    study's outputs live in (<root>/<task> and <root>/<task>/<variant>). `dvc exp run` checks the new
+    pipeline's outputs out before it runs any stage, creating the parent directories of outputs whose path
+    holds a refused study list value (`-S 'tasks=[\"$(touch x)/y\"]'` -> data/prepared/$(touch x)/);
+    moelab never makes such a name (config.schema SAFE_NAME), and only empty directory trees are removed,
+    so nothing else is touched."""
     import re
 
     from .config.schema import SAFE_NAME
 
     removed = []
     for root in map(Path, roots):
-        for entry in sorted(root.iterdir()) if root.is_dir() else []:
-            if entry.is_dir() and not entry.is_symlink() and not re.match(SAFE_NAME, entry.name) and _empty_tree(entry):
-                for directory in sorted((d for d in entry.rglob("*") if d.is_dir()), reverse=True):
-                    directory.rmdir()
-                entry.rmdir()
-                removed.append(entry)
+        levels = [root, *(d for d in sorted(root.iterdir()) if d.is_dir())] if root.is_dir() else []
+        for parent in levels:
+            for entry in sorted(parent.iterdir()) if parent.is_dir() else []:
+                named_by_dvc = entry.is_dir() and not entry.is_symlink() and not re.match(SAFE_NAME, entry.name)
+                if named_by_dvc and _empty_tree(entry):
+                    for directory in sorted((d for d in entry.rglob("*") if d.is_dir()), reverse=True):
+                        directory.rmdir()
+                    entry.rmdir()
+                    removed.append(entry)
     return removed
 
 

@@ -264,9 +264,13 @@ def sorted_load_profile(runs: list[Run]) -> list[tuple[str, np.ndarray]]:
     Expert indices are arbitrary within a run (expert 3 of seed 0 has nothing to do with expert 3 of seed
     1), so shares are never averaged by index: each run's profile is sorted first, and the mean is of the
     k-th busiest experts."""
-    per_run = [
-        [np.sort(np.asarray(layer.get("expert_share") or [], dtype=float))[::-1] for layer in r.layers] for r in runs
-    ]
+    return _layer_means(runs, lambda layer: np.sort(np.asarray(layer.get("expert_share") or [], dtype=float))[::-1])
+
+
+def _layer_means(runs: list[Run], array_of) -> list[tuple[str, np.ndarray]]:
+    """Per MoE layer, (its label, the mean over runs of array_of(that layer's statistics)), arrays of unequal
+    length padded with zeros; runs without statistics for every layer are left out."""
+    per_run = [[array_of(layer) for layer in r.layers] for r in runs]
     per_run = [layers for layers in per_run if layers and all(len(a) for a in layers)]
     if not per_run:
         return []
@@ -274,8 +278,8 @@ def sorted_load_profile(runs: list[Run]) -> list[tuple[str, np.ndarray]]:
     out = []
     for i in range(min(len(layers) for layers in per_run)):
         width = max(len(layers[i]) for layers in per_run)
-        profile = np.mean([np.pad(layers[i], (0, width - len(layers[i]))) for layers in per_run], axis=0)
-        out.append((layer_label(first[i].get("module"), i), profile))
+        mean = np.mean([np.pad(layers[i], (0, width - len(layers[i]))) for layers in per_run], axis=0)
+        out.append((layer_label(first[i].get("module"), i), mean))
     return out
 
 
@@ -314,17 +318,7 @@ def expert_load(report: TaskReport):
 def mean_histograms(runs: list[Run]) -> list[tuple[str, np.ndarray]]:
     """Per MoE layer, (its label, the mean over runs of its experts-per-token histogram): bin i counts the
     tokens that used i experts, the same meaning in every run, so bins can be averaged."""
-    per_run = [[np.asarray(layer.get("experts_per_token_hist") or [], dtype=float) for layer in r.layers] for r in runs]
-    per_run = [layers for layers in per_run if layers and all(len(a) for a in layers)]
-    if not per_run:
-        return []
-    first = next(r.layers for r in runs if r.layers)
-    out = []
-    for i in range(min(len(layers) for layers in per_run)):
-        width = max(len(layers[i]) for layers in per_run)
-        mean = np.mean([np.pad(layers[i], (0, width - len(layers[i]))) for layers in per_run], axis=0)
-        out.append((layer_label(first[i].get("module"), i), mean))
-    return out
+    return _layer_means(runs, lambda layer: np.asarray(layer.get("experts_per_token_hist") or [], dtype=float))
 
 
 def experts_per_token(report: TaskReport):

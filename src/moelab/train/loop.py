@@ -7,7 +7,8 @@ its data and the base it fine-tunes from (`fingerprint`):
     variant's stage re-runs every seed when one seed is added, or after it was killed half-way:
     DVC's granularity is the stage, the seed's is this);
   * another fingerprint (or `restart=True`) starts fresh: the old checkpoints are moved aside to
-    `.<dir>.previous` beside the directory (its train metrics removed), and one line says so;
+    `.<variant>.<run>.previous` beside the variant's directory (its train metrics removed), and one line
+    says so;
   * a fresh run with a base (`run.init_from`) starts from the base's weights, all but the routing
     (`load_base`), which is initialised afresh: SparTMoE's protocol;
   * the directory is locked while a process trains into it;
@@ -174,17 +175,24 @@ def _resumable(latest: Path, config: dict, restart: bool) -> tuple[dict | None, 
     )
 
 
+def aside_of(directory: Path) -> Path:
+    """Where a run's directory <variant>/<run> goes when it starts fresh: .<variant>.<run>.previous beside
+    the variant's directory, so outside the DVC output that directory is (DVC may remove a whole output,
+    e.g. when `dvc exp run` checks out a pipeline without its stage, and never keeps what it ignores)."""
+    return directory.parent.parent / f".{directory.parent.name}.{directory.name}.previous"
+
+
 def _move_aside(paths: RunPaths, why: str, log) -> None:
-    """Start fresh: the old checkpoints (and curves) go to .<name>.previous beside their directory,
-    replacing what an earlier fresh start put there; the old train metrics, which would otherwise
-    sit beside the new run until it finishes, are removed (a finished run keeps them in its latest.pt)."""
+    """Start fresh: the old checkpoints (and curves) are moved aside (aside_of), replacing what an earlier
+    fresh start put there; the old train metrics, which would otherwise sit beside the new run until it
+    finishes, are removed (a finished run keeps them in its latest.pt)."""
     out_dir = paths.checkpoints
-    aside = out_dir.parent / f".{out_dir.name}.previous"
+    aside = aside_of(out_dir)
     replaced = aside.exists()
     for directory in (out_dir, paths.live):
         if not directory.exists():
             continue
-        target = directory.parent / f".{directory.name}.previous"
+        target = aside_of(directory)
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True)
         for item in directory.iterdir():
