@@ -54,22 +54,23 @@ def timed_phase(work, phase):
 bootstrap._find_and_load = timed_find_and_load
 from moelab.cli import main  # noqa: E402
 
-rc = main(sys.argv[1:])
-end = time.clock_gettime(time.CLOCK_BOOTTIME)
-record = {
-    "argv": sys.argv[1:],
-    "rc": rc,
-    "moelab_modules": sorted(m for m in sys.modules if m == "moelab" or m.startswith("moelab.")),
-    "packages": sorted({m.split(".")[0] for m in sys.modules}),
-    "startup_s": shim_start - process_start,  # interpreter start-up (and the shell DVC runs the command in)
-    "import_s": import_s,
-    "run_s": end - shim_start - import_s,
-    "total_s": end - process_start,
-    "startup_cpu_s": startup_cpu,
-    "import_cpu_s": import_cpu,
-    "run_cpu_s": time.process_time() - startup_cpu - import_cpu,
-    "phases": phases,
-}
-with open(os.environ["MOELAB_SHIM_LOG"], "a") as f:
-    f.write(json.dumps(record) + "\n")
-sys.exit(rc)
+if __name__ == "__main__":  # not again in the processes that run seeds side by side (spawn imports this)
+    rc = main(sys.argv[1:])
+    end = time.clock_gettime(time.CLOCK_BOOTTIME)
+    record = {
+        "argv": sys.argv[1:],
+        "rc": rc,
+        "moelab_modules": sorted(m for m in sys.modules if m == "moelab" or m.startswith("moelab.")),
+        "packages": sorted({m.split(".")[0] for m in sys.modules}),
+        "startup_s": shim_start - process_start,  # interpreter start-up (and the shell DVC runs the command in)
+        "import_s": import_s,
+        "run_s": end - shim_start - import_s,
+        "total_s": end - process_start,
+        "startup_cpu_s": startup_cpu,
+        "import_cpu_s": import_cpu,
+        "run_cpu_s": time.process_time() - startup_cpu - import_cpu,
+        "phases": phases,
+    }
+    with open(os.environ["MOELAB_SHIM_LOG"], "a") as f:
+        f.write(json.dumps(record) + "\n")
+    sys.exit(rc)

@@ -25,7 +25,7 @@ STAGE_CODE = {
     "train": TRAIN_CODE,  # train and pretrain: a checkpoint records this hash
     "evaluate": EVALUATE,
     "exp": (*TRAIN_CODE, *EVALUATE, "exp.py"),
-    "bench": (*COMMAND, *PARAMS, *PREPARED, *SELECT, "checkpoint.py", "evaluate.py", "flops.py", *BENCH),
+    "bench": (*COMMAND, *PARAMS, *PREPARED, "study.py", "checkpoint.py", "evaluate.py", "flops.py", *BENCH),
     "report": (*COMMAND, *PARAMS, "study.py", "report", "stats.py"),
     "scale": (*TRAIN_CODE, *EVALUATE, "scale.py", "scale_report.py"),
 }
