@@ -1,7 +1,8 @@
 """One figure per claim, plots/claims_<claim>.png: a panel per part showing its effect with the
 reported interval (thick) and, for equivalence / non-inferiority, the interval the rule used (thin),
-the zero (or ratio 1) line and the margins; a trend part adds a panel of the cell means against x.
-Claims with no part run get no figure."""
+the zero (or ratio 1) line, the margins and (variance ratio) the published ratio's floor; the colour
+is the part's verdict (out of regime: orange, manipulation checks: olive when passed); a trend part
+adds a panel of the cell means against x. Claims with no part run get no figure."""
 
 from __future__ import annotations
 
@@ -19,8 +20,14 @@ from .spec import METRICS  # noqa: E402
 COLOURS = {
     verdicts.REPRODUCED: "tab:green",
     verdicts.EQUIVALENT: "tab:green",
+    verdicts.PASSED: "tab:olive",
     verdicts.REFUTED: "tab:red",
+    verdicts.FAILED: "tab:red",
+    verdicts.ABSENT: "tab:purple",
+    verdicts.OUT_OF_REGIME: "tab:orange",
     verdicts.INCONCLUSIVE: "tab:gray",
+    verdicts.UNDECIDED: "tab:gray",
+    verdicts.MEASURED: "tab:blue",
     verdicts.NOT_RUN: "lightgray",
 }
 
@@ -54,9 +61,10 @@ def claim_figure(name: str, claim: dict):
 
 
 def effect_panel(ax, part_name: str, part: dict) -> None:
-    colour = COLOURS[part["verdict"]]
+    colour = COLOURS.get(part["verdict"], "tab:gray")
     ax.set_yticks([])
-    title = f"{part.get('label') or part_name} — {part['verdict']}"
+    role = {"manipulation": " (manipulation check)", "measurement": " (measured)"}.get(part.get("role"), "")
+    title = f"{part.get('label') or part_name}{role} — {part['verdict']}"
     if part.get("estimate") is None:  # not run, or no seed finished in every cell
         ax.text(0.5, 0.5, f"{part['verdict']}: {part.get('why', '')}", ha="center", va="center", fontsize=8, wrap=True)
         ax.set_xticks([])
@@ -65,6 +73,8 @@ def effect_panel(ax, part_name: str, part: dict) -> None:
     ratio = part["kind"] == "variance_ratio"
     reference = 1.0 if ratio else 0.0
     ax.axvline(reference, color="black", linewidth=0.8)
+    if part.get("threshold") is not None:
+        ax.axvline(part["threshold"], color="tab:purple", linestyle=":", linewidth=0.8)
     margin = part.get("margin")
     if margin is not None:
         for bound in (-margin, margin) if part["kind"] == "equivalence" else (margin,):

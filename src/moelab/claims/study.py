@@ -1,5 +1,11 @@
 """Run one claim: train and evaluate every cell x seed with the project's own code paths
-(train.loop.train, evaluate.evaluate), then write the per-seed numbers the verdicts read.
+(train.loop.train, evaluate.evaluate), then write the per-seed numbers the verdicts read (the runs
+file, runs.py; a pilot writes the same format for its few seeds).
+
+Besides the evaluation's metrics, each run records its training speed: seconds per step and tokens
+per second of the training itself (train metrics `wall_s` / steps, `train_tokens_per_s`). Those are
+measured with `jobs` runs side by side, one thread each: compare them within a stage, on a machine
+doing nothing else.
 
 Runs go `jobs` at a time, each in its own process with one torch thread, so a run's numbers do not
 depend on how many ran beside it (jobs = 1 runs them one after another in this process, also with
@@ -16,6 +22,7 @@ what it writes.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -38,10 +45,13 @@ def run_claim(plan: ClaimPlan, data_dir: Path, models_dir: Path, out: Path, jobs
         if cell.runs:
             record["seeds"] = {str(seed): results[(name, seed)] for seed in cell.runs}
         cells[name] = record
+    first = next((run for _, _, run in work), None)
     written = {
         "claim": plan.name,
         "profile": plan.profile,
         "seeds": plan.seeds,
+        "steps": first.train.steps if first else None,  # every cell's (equal tokens: check_fairness)
+        "data": dataclasses.asdict(first.data) if first else None,  # the split the references must share
         "cells": cells,
         "cost": {
             "wall_s": round(wall, 1),
@@ -84,6 +94,10 @@ def run_one(run: RunConfig, data_dir: Path, variant_dir: Path, seed: int) -> dic
     done = time.perf_counter()
     values = {key: evaluated.get(key) for key in METRICS if key in evaluated}
     values["max_violation_global"] = max_violation_global(evaluated.get("layers", []))
+    # the training's own speed (a reused run: when it trained), over the steps that process ran
+    trained_steps = max(trained["steps"] - (trained.get("resumed_from_step") or 0), 1)
+    values["train_step_s"] = trained["wall_s"] / trained_steps
+    values["train_tokens_per_s"] = trained.get("train_tokens_per_s")
     return {
         **values,
         "run_dir": str(paths.checkpoints),
