@@ -48,7 +48,7 @@ def test_repro_writes_metrics_for_every_variant(lab):
     for name in ("loss_curves", "quality_flops", "expert_load", "experts_per_token"):
         png = lab / "plots" / f"lm_{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plots/lm_{name}.png" in figures
-    assert any(k.endswith("/live/plots/metrics/train/loss.tsv") for k in figures)  # DVCLive curves
+    assert any(k.startswith("metrics/exp/train/live/run/") and k.endswith("/train/loss.tsv") for k in figures)
     again = sh("dvc repro", lab)
     assert stages_run(again) == {MACHINE}, "same machine, code and params: only the fingerprint is re-read"
     sh("git add -A && git commit -qm baseline", lab)
