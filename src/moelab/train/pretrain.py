@@ -3,7 +3,10 @@ the dense baseline, side by side (the `pretrain` stage of study/dvc.yaml; `--mod
 them). Every variant of a size fine-tunes from its size's base with fresh routing, and the dense baseline
 from the dense base (train/cli.py). One stage per task, not per base: a single run leaves one of the two
 cores of a small CPU idle, and DVC runs one stage at a time; a base whose fingerprint did not change is
-not retrained when the stage re-runs (train/loop.py)."""
+not retrained when the stage re-runs (train/loop.py). By default every base gets a process of its own
+(`--jobs`: one per base, even beyond the cores): the bases differ in cost (16 experts cost more than 8),
+so the operating system sharing the cores among them finishes sooner than a fixed split would; every
+run has one thread, so how many share a core changes its seconds, never its numbers."""
 
 from __future__ import annotations
 
@@ -34,7 +37,10 @@ def run(args) -> None:
     bases = [(base_run(params, args.task, size), base_paths(args.task, size)) for size in sizes]
     for run, paths in [b for b in bases if b[0].model.pretrained]:
         import_checkpoint(run, data_dir, paths)
-    train_runs([b for b in bases if not b[0].model.pretrained], data_dir, args)
+    trained = [b for b in bases if not b[0].model.pretrained]
+    if args.jobs == 0 and trained:  # every base at once (see the module doc)
+        args.jobs = len(trained)
+    train_runs(trained, data_dir, args)
 
 
 def import_checkpoint(run, data_dir: Path, paths) -> None:
