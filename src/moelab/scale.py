@@ -35,7 +35,7 @@ FLOP_BATCHES = 8  # training batches the FLOPs per step are averaged over (their
 class ScaleTask:
     widths: dict[str, dict[str, Any]]  # width name -> a model preset (d_model, n_layers, n_heads, d_ff, n_experts)
     budgets: list[int]  # training steps, from scratch
-    train: dict[str, Any] = field(default_factory=dict)  # overrides of the root <task>.train (steps: the budget)
+    train: dict[str, Any] = field(default_factory=dict)  # a whole train section but steps (the budget's)
     finetune: list[int] = field(default_factory=list)  # fine-tune steps from the study's base
 
 
@@ -73,7 +73,7 @@ def scale_run(base_raw: dict, spec: ScaleParams, task: str, width: str, variant:
     raw = copy.deepcopy(base_raw)
     section = raw[task]
     section["models"] = {**section["models"], width: spec.tasks[task].widths[width]}
-    section["train"] = {**section["train"], **spec.tasks[task].train, **schedule(steps)}
+    section["train"] = {**spec.tasks[task].train, **schedule(steps)}  # its own, whole: not the study's fine-tune
     raw["dense"] = {**raw.get("dense", {}), "model": width}
     params = parse_params(raw)
     if variant == DENSE:
