@@ -111,7 +111,9 @@ def add_arguments(p) -> None:
     from .select import add_run_arguments
 
     add_run_arguments(p)
-    p.add_argument("--jobs", type=int, default=0, help="runs at a time, one thread each (0: one per CPU core)")
+    p.add_argument(
+        "--jobs", type=int, default=0, help="runs at a time, one thread each (0: all at once, the cores shared)"
+    )
 
 
 def run(args) -> None:
@@ -120,7 +122,8 @@ def run(args) -> None:
 
     selection = select_runs(args)
     progress = not args.quiet and len(selection.runs) == 1
-    run_all(evaluate_one, [(run, selection.data_dir, paths, progress) for run, paths in selection.runs], args.jobs)
+    work = [(run, selection.data_dir, paths, progress) for run, paths in selection.runs]
+    run_all(evaluate_one, work, args.jobs or len(work))
 
 
 def evaluate_one(run: RunConfig, data_dir: Path, paths: RunPaths, progress: bool) -> dict:

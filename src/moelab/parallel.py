@@ -5,7 +5,10 @@ One thread per run, always, also when a run is alone: a run's numbers then do no
 ran beside it, nor on how many cores the machine has (a matmul's reduction order follows the thread
 count, so 1 and 2 threads give results that differ in the last bits). Tiny models barely use a
 second thread (a d=64 LM: ~35k tokens/s on one, ~40k on two), so two one-thread runs side by side
-nearly double a small CPU's throughput.
+nearly double a small CPU's throughput. A stage runs all its runs at once (a variant's 3 seeds, a
+task's 3 bases) even on 2 cores: the operating system shares the cores, so the stage takes about
+their total over the cores, where a fixed split of 3 runs over 2 processes would take two runs' time;
+only the runs' seconds (wall_s) stretch, never their numbers.
 """
 
 from __future__ import annotations

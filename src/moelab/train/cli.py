@@ -15,7 +15,9 @@ def add_arguments(p) -> None:
 
 
 def add_training_arguments(p) -> None:
-    p.add_argument("--jobs", type=int, default=0, help="runs at a time, one thread each (0: one per CPU core)")
+    p.add_argument(
+        "--jobs", type=int, default=0, help="runs at a time, one thread each (0: all at once, the cores shared)"
+    )
     p.add_argument(
         "--restart",
         action="store_true",
@@ -41,7 +43,7 @@ def train_runs(runs: list, data_dir: Path, args) -> list[dict]:
     if args.jobs < 0:
         raise ConfigError(f"--jobs {args.jobs} is not allowed; allowed: 0 (one per core) or a count >= 1")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    jobs = 1 if distributed else args.jobs
+    jobs = 1 if distributed else args.jobs or len(runs)  # a variant's seeds, or a task's bases: all at once
     progress = not args.quiet and (jobs == 1 or len(runs) == 1)
     work = [(run, data_dir, paths, progress, args.stop_after, args.restart) for run, paths in runs]
     return run_all(train_one, work, jobs)

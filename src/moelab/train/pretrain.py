@@ -37,10 +37,7 @@ def run(args) -> None:
     bases = [(base_run(params, args.task, size), base_paths(args.task, size)) for size in sizes]
     for run, paths in [b for b in bases if b[0].model.pretrained]:
         import_checkpoint(run, data_dir, paths)
-    trained = [b for b in bases if not b[0].model.pretrained]
-    if args.jobs == 0 and trained:  # every base at once (see the module doc)
-        args.jobs = len(trained)
-    train_runs(trained, data_dir, args)
+    train_runs([b for b in bases if not b[0].model.pretrained], data_dir, args)  # all at once (module doc)
 
 
 def import_checkpoint(run, data_dir: Path, paths) -> None:
