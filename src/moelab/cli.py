@@ -29,7 +29,7 @@ COMMANDS = {  # name: (module, help)
         "aggregate the study: metrics/summary.{json,md}, headline metrics, plots/",
     ),
     "scale": ("moelab.scale", "the budget study: quality vs training compute per task, width and budget"),
-    "claims": ("moelab.claims.cli", "re-test published gating claims: run a claim's cells x seeds, or report verdicts"),
+    "claims": ("moelab.claims.cli", "re-test published gating claims: pilot, plan, run a claim's cells, report"),
     "machine": ("moelab.machine", "write the machine fingerprint the benchmark's timings depend on"),
     "code": ("moelab.stages", "write the hash of the code each pipeline stage runs (what dvc.yaml depends on)"),
     "paper-smoke": ("moelab.paper.smoke", "the paper preset (Switch-Base-8/16) at full size: time, memory, FLOPs"),
