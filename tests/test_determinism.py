@@ -80,7 +80,9 @@ def run_once(lab, out: Path, seed: int) -> dict[str, object]:
             **stable(json.loads((m / "eval" / f"{run}.json").read_text())),
             **json.loads((m / "eval" / f"{run}.routing.json").read_text()),
         },
-        "meta": {k: v for k, v in json.loads((m / "eval" / f"{run}.meta.json").read_text()).items() if k != "versions"},
+        "meta": stable(
+            {k: v for k, v in json.loads((m / "eval" / f"{run}.meta.json").read_text()).items() if k != "versions"}
+        ),
         "samples": (m / "eval" / f"{run}.samples.md").read_text(),
         "curves": {
             p.relative_to(m).as_posix(): p.read_text()

@@ -315,7 +315,7 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
         "i": 1000,
     }
     assert [type(values[k]) for k in "aeg"] == [float, int, float]
-    params = tiny_params(tmp_path / "params.yaml")
+    params = tiny_params(tmp_path / "params.yaml", **{"lm.train.lr": 0.003})
     text = params.read_text()
     assert "    lr: 0.003\n" in text
     params.write_text(text.replace("    lr: 0.003\n", "    lr: 1e4\n", 1))
@@ -388,7 +388,7 @@ def test_prepare_killed_after_its_tokenizer_leaves_the_old_data_whole(tmp_path, 
 
 # ---------------------------------------------------------------- NaN / inf guard
 @pytest.mark.parametrize(
-    "term,knob,lowered", [("task loss", "lm.train.lr", 0.001), ("balancing loss", "moe.aux_loss_coef", 0.001)]
+    "term,knob,lowered", [("task loss", "lm.train.lr", 0.0001), ("balancing loss", "moe.aux_loss_coef", 0.001)]
 )
 def test_non_finite_loss_stops_and_its_advice_works(tmp_path, monkeypatch, capfd, term, knob, lowered):
     """A non-finite loss at step 8 stops training with one line naming the step, the term, the last

@@ -33,6 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 97
 
 
+
+def sparse_layers(model) -> int:
+    """How many sparse MLPs HF's config says the model has (encoder + decoder): the independent count."""
+    config = model.hf.config
+    return config.num_sparse_encoder_layers + config.num_sparse_decoder_layers
+
 def tiny_switch(expert_capacity: int = 64, vocab_size: int = 64, seed: int = 0):
     """A random 2+2-layer Switch, every FFN sparse (4 experts), deterministic routing (no jitter/dropout)."""
     from transformers import SwitchTransformersConfig, SwitchTransformersForConditionalGeneration
@@ -396,7 +402,7 @@ def test_seq2seq_flops_match_torch_flop_counter(params, gate, router):
         model(ids, torch.ones_like(ids), labels)
     realised = [layer.last_stats.slots_selected / layer.last_stats.tokens for layer in model.moe_layers()]
     if gate == "softmax-top1":
-        assert realised == [1.0, 1.0]
+        assert realised == [1.0] * sparse_layers(model) and realised
     else:
         assert 1.0 < sum(realised) / len(realised) < 8.0, "sparsemax support: between top-1 and all experts"
     run = resolve_run(params, task="summarization", gate=gate, router=router)
@@ -459,7 +465,7 @@ def test_training_loss_is_ce_and_every_moe_layer_balancing_loss_counts_once(para
     assert info["tokens"] == 8 and loss.item() == pytest.approx(ce.item(), rel=1e-6)
     # recompute each layer's aux + z loss from its own router on the tokens it saw
     layers = model.moe_layers()
-    assert len(layers) == len(inputs) == model.n_swapped == 2
+    assert len(layers) == len(inputs) == model.n_swapped == sparse_layers(model) >= 2
     expected = torch.zeros(())
     for layer in layers:
         x, mask = inputs[layer]  # [B, T, d], [B, T] bool
