@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 97
 
 
-
 def sparse_layers(model) -> int:
     """How many sparse MLPs HF's config says the model has (encoder + decoder): the independent count."""
     config = model.hf.config
     return config.num_sparse_encoder_layers + config.num_sparse_decoder_layers
+
 
 def tiny_switch(expert_capacity: int = 64, vocab_size: int = 64, seed: int = 0):
     """A random 2+2-layer Switch, every FFN sparse (4 experts), deterministic routing (no jitter/dropout)."""
