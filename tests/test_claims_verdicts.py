@@ -283,6 +283,8 @@ def test_holm_over_the_claim_parts_of_the_study(spec):
     assert parts["one"]["p_holm"] == pytest.approx(0.03) and parts["one"]["verdict"] == REPRODUCED
     assert parts["two"]["p_holm"] == pytest.approx(0.08) and parts["two"]["verdict"] == INCONCLUSIVE
     assert parts["two"]["verdict_before_holm"] == REPRODUCED and family["changed"] == 1
+    assert verdicts.label(parts["two"]) == f"{INCONCLUSIVE} ({REPRODUCED} before Holm: p 0.04, Holm p 0.08)"
+    assert verdicts.label(parts["one"]) == REPRODUCED and verdicts.label(parts["far"]) == OUT_OF_REGIME
     assert "p_holm" not in parts["check"] and "p_holm" not in parts["far"]
     assert finish_claim(claims["x"])["verdict"] == INCONCLUSIVE
     assert finish_claim(claims["y"])["verdict"] == OUT_OF_REGIME

@@ -64,7 +64,7 @@ def effect_panel(ax, part_name: str, part: dict) -> None:
     colour = COLOURS.get(part["verdict"], "tab:gray")
     ax.set_yticks([])
     role = {"manipulation": " (manipulation check)", "measurement": " (measured)"}.get(part.get("role"), "")
-    title = f"{part.get('label') or part_name}{role} — {part['verdict']}"
+    title = f"{part.get('label') or part_name}{role} — {verdicts.label(part)}"
     if part.get("estimate") is None:  # not run, or no seed finished in every cell
         ax.text(0.5, 0.5, f"{part['verdict']}: {part.get('why', '')}", ha="center", va="center", fontsize=8, wrap=True)
         ax.set_xticks([])

@@ -496,7 +496,7 @@ def markdown(report: dict) -> str:
     for name, claim in report["claims"].items():
         origin = "this lab's hypothesis" if claim["origin"] == "lab" else short_source(claim["source"])
         effects = "<br>".join(
-            f"{p.get('label') or part_name}{ROLE_TAGS[p['role']]}: {effect_text(p)} → {p['verdict']}"
+            f"{p.get('label') or part_name}{ROLE_TAGS[p['role']]}: {effect_text(p)} → {verdicts.label(p)}"
             for part_name, p in claim["parts"].items()
         )
         lines.append(
@@ -606,7 +606,7 @@ def _details(name: str, claim: dict) -> list[str]:
                     tested += f", published floor {part['threshold']:.3g}"
         lines.append(
             f"| {part_name} | {part['role']} | {part['kind']} | {effect_text(part)} | {tested} | "
-            f"{part.get('published', '')} | {part['verdict']} |"
+            f"{part.get('published', '')} | {verdicts.label(part)} |"
         )
     metrics = sorted({p["metric"] for p in claim["parts"].values()} | {BAR_METRIC}, key=list(METRICS).index)
     lines += ["", "| cell | " + " | ".join(METRICS[m][0] for m in metrics) + " | FFN FLOPs/token |"]

@@ -335,6 +335,15 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def label(part: dict) -> str:
+    """A judged part's verdict as a reader should see it: one that Holm's adjustment made inconclusive says
+    what its own rule reached and both p-values (else an interval excluding 0 reads as a contradiction)."""
+    before = part.get("verdict_before_holm")
+    if before is None:
+        return part["verdict"]
+    return f"{part['verdict']} ({before} before Holm: p {part['p']:.3g}, Holm p {part['p_holm']:.3g})"
+
+
 def combine(verdicts: list[str]) -> str:
     """A claim's verdict from its claim parts' (see the module doc)."""
     run = [v for v in verdicts if v != NOT_RUN]
