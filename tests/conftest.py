@@ -8,6 +8,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share two cores: a torch on two threads beside another busy process slows 10-20x
+    # (OpenMP's threads wait on each other), so each worker and the commands it starts use one.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
