@@ -1,7 +1,8 @@
-"""moelab.stats against hand computations and scipy's own t distribution."""
+"""moelab.stats (and the paired gap of scripts/classification_vs_bow.py) against hand computations and scipy's t."""
 
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +78,35 @@ def test_least_squares_slope_by_hand():
     assert least_squares_slope([0, 1, 2], [0.0, 2.0, 1.0]) == pytest.approx(0.5)  # sxy 1 / sxx 2
     with pytest.raises(ValueError):
         least_squares_slope([1, 1], [0.0, 1.0])
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_gap_to_the_bar_by_hand():
+    """scripts/classification_vs_bow.py: seeds' accuracy averaged per example, minus the bar's, on the same
+    examples; a constant per-example gap has a zero-width interval, and a large sample's percentile interval
+    is the normal one (mean +- 1.96 sd / sqrt(n))."""
+    import numpy as np
+
+    paired_gap = _script("classification_vs_bow").paired_gap
+    model = np.array([[1, 0, 1, 1], [1, 1, 0, 1]], dtype=float)  # per example 1, .5, .5, 1
+    bar = np.array([1, 1, 0, 0], dtype=float)  # differences 0, -.5, .5, 1 -> mean .25
+    row = paired_gap(model, bar, resamples=500)
+    assert (row["model"], row["bar"], row["gap"], row["examples"]) == (0.75, 0.5, 0.25, 4)
+    assert -0.5 <= row["low"] < 0.25 < row["high"] <= 1.0
+    same = paired_gap(np.ones((3, 50)), np.zeros(50), resamples=200)
+    assert same["low"] == same["high"] == same["gap"] == 1.0
+    rng = np.random.default_rng(1)
+    model, bar = (rng.random((3, 4000)) < 0.75).astype(float), (rng.random(4000) < 0.7).astype(float)
+    row = paired_gap(model, bar, resamples=4000)
+    diff = model.mean(0) - bar
+    half = 1.96 * diff.std(ddof=1) / np.sqrt(diff.size)
+    assert row["low"] == pytest.approx(diff.mean() - half, abs=0.15 * half)
+    assert row["high"] == pytest.approx(diff.mean() + half, abs=0.15 * half)
