@@ -73,24 +73,25 @@ def bar_correct(task) -> dict[str, np.ndarray]:
     return out
 
 
-def model_correct(params, variant, split: str) -> np.ndarray:
-    """[S, N]: each seed's best.pt right (1) or wrong (0) on every example of `split`."""
+def model_correct(params, variant) -> dict[str, np.ndarray]:
+    """Per split, [S, N]: each seed's best.pt right (1) or wrong (0) on every example (each loaded once)."""
     import torch
 
     from moelab.evaluate import load_trained
     from moelab.study import prepared_dir, run_paths, runs
     from moelab.tasks import build_task
 
-    rows = []
+    rows = {split: [] for split in SPLITS}
     for run in runs(params, variant):
         task = build_task(run, prepared_dir(run.task))
         model = load_trained(run, task, run_paths(variant, run.seed).checkpoints)
-        preds = []
-        with torch.no_grad():
-            for batch in task.eval_batches(split, run.evaluate.batch_size):
-                preds += model(batch["input_ids"], batch["attention_mask"].bool()).argmax(-1).tolist()
-        rows.append(np.asarray(preds) == np.asarray(task.split(split)["labels"]))
-    return np.asarray(rows, dtype=float)
+        for split in SPLITS:
+            preds = []
+            with torch.no_grad():
+                for batch in task.eval_batches(split, run.evaluate.batch_size):
+                    preds += model(batch["input_ids"], batch["attention_mask"].bool()).argmax(-1).tolist()
+            rows[split].append(np.asarray(preds) == np.asarray(task.split(split)["labels"]))
+    return {split: np.asarray(seeds, dtype=float) for split, seeds in rows.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,9 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'variant':<28}" + "".join(f"{split:>42}" for split in SPLITS))
     rows = {}
     for variant in study:
-        rows[variant.name] = {
-            split: paired_gap(model_correct(params, variant, split), bar[split], args.resamples) for split in SPLITS
-        }
+        correct = model_correct(params, variant)
+        rows[variant.name] = {split: paired_gap(correct[split], bar[split], args.resamples) for split in SPLITS}
         cells = [
             f"{r['model']:.3f} - {r['bar']:.3f} = {r['gap']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]"
             for r in rows[variant.name].values()
