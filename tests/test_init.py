@@ -182,6 +182,8 @@ def test_every_ffn_and_router_of_a_model_follows_the_switch_init(init_params, ta
     for name, weight, fan_in in moe_ffns + dense_ffns:
         assert_switch_init(weight, FFN_SCALE, fan_in, name)
     for name, weight, fan_in in router_weights(moe_model):
+        if name.endswith("expert_embeddings"):  # set by the logit-scale rule (test below), not the Switch init
+            continue
         assert_switch_init(weight, ROUTER_SCALE, fan_in, name)
     experts_in = torch.cat([w.reshape(-1) for n, w, _ in moe_ffns if n.endswith("w_in")])
     experts_out = torch.cat([w.reshape(-1) for n, w, _ in moe_ffns if n.endswith("w_out")])
@@ -189,3 +191,33 @@ def test_every_ffn_and_router_of_a_model_follows_the_switch_init(init_params, ta
         if ".expert" not in name:  # a dense FFN matrix vs the experts' of the same role and shape
             same_role = experts_in if name.endswith(("w_in", "wi")) else experts_out
             assert_same_std(weight, same_role, f"{name} vs experts")
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+@pytest.mark.parametrize("d_model, n_experts", [(64, 16), (256, 8)])
+def test_a_fresh_attention_router_starts_at_the_linear_routers_logit_scale(scaled, d_model, n_experts):
+    """Same init.router_scale, same tokens (unit variance, as after a LayerNorm): the attention router's fresh
+    scores have the linear router's variance (router_scale x cut factor^2), scaled by 1/sqrt(d) or not, so
+    that comparing router forms does not compare starting scales. Before this rule the scaled form started
+    ~30x smaller at d 64. Tolerance: the scores' variance over many tokens and 50 fresh routers."""
+    from types import SimpleNamespace
+
+    from moelab.moe.routers.attention import AttentionRouter
+    from moelab.moe.routers.linear import LinearRouter
+
+    cfg = SimpleNamespace(d_model=d_model, n_routed=n_experts, attention_scaled=scaled)
+    init = InitConfig(router_scale=ROUTER_SCALE)
+    h = torch.randn(2048, d_model, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = ROUTER_SCALE * STD_FACTOR**2  # var of a fresh linear router's logit on unit-variance tokens
+    torch.manual_seed(0)
+    variances = {}
+    for name, router_cls in (("linear", LinearRouter), ("attention", AttentionRouter)):
+        values = []
+        for _ in range(50):  # the variance over fresh routers: one router's scores share its weights
+            router = router_cls(cfg).double()
+            router.reset_parameters(init)
+            with torch.no_grad():
+                values.append(router(h).var().item())
+        variances[name] = sum(values) / len(values)
+    assert variances["linear"] == pytest.approx(expected, rel=0.1)
+    assert variances["attention"] == pytest.approx(expected, rel=0.15), variances
