@@ -542,6 +542,34 @@ def test_expert_load_sorts_each_run_before_averaging():
     np.testing.assert_allclose(profiles[1][1], [0.325, 0.275, 0.225, 0.175])
 
 
+def test_quality_panel_spans_the_models_and_the_bar_and_names_what_is_off_it(lab):
+    """The unigram (400) would squeeze models 2 % apart into one pixel row: the y-axis spans the models'
+    intervals and the bar (150), the trigram inside it is drawn, the unigram is named in the corner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from moelab.report.data import load
+    from moelab.report.plots import _colours, _quality_panel
+
+    lab_ = lab()
+    lab_.references("lm", LM_REFERENCES)
+    lab_.fill("lm", {"linear-sparsemax-e8": [100, 101, 102], "linear-softmax-top2-e8": [104, 105, 106]})
+    lab_.fill("lm", {"dense": [108, 109, 110]})
+    task = load(lab_.params)["lm"]
+    column = next(q for q in task.quality if q.key == "test_ppl")
+    models = [v for v in task.variants if "flops_per_token" in task.cells[v]]
+    fig, ax = plt.subplots()
+    _quality_panel(ax, task, column, models, _colours(models), {task.presets[v]: "o" for v in models})
+    low, high = ax.get_ylim()
+    lowest = min(task.cells[v]["test_ppl"]["mean"] - task.cells[v]["test_ppl"]["ci95"] for v in models)
+    assert low < lowest and 150.0 < high < 400.0
+    assert [line.get_ydata()[0] for line in ax.get_lines() if line.get_linestyle() == "--"] == [150.0, 140.0]
+    assert "unigram (trivial): 400" in "".join(t.get_text() for t in ax.texts)
+    plt.close(fig)
+
+
 def test_moe_layers_are_labelled_encoder_decoder_or_layer():
     assert layer_label("hf.encoder.block.1.layer.1.mlp.moe", 0) == "encoder 1"
     assert layer_label("hf.decoder.block.1.layer.2.mlp.moe", 1) == "decoder 1"

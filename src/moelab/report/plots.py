@@ -188,6 +188,8 @@ def quality_flops(report: TaskReport):
                 [], [], color="0.3", marker="o", mfc="white", ls="none", label="▼ worse than a trivial reference"
             )
         )
+    if any(report.out_of_regime(v) for v in models):
+        handles.append(plt.Line2D([], [], color="none", label="▽ headline interval not beyond the bar (out of regime)"))
     if report.references:
         handles.append(plt.Line2D([], [], color="0.35", ls="--", label="reference (same test examples)"))
     axes[0][-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -208,21 +210,42 @@ def _label(report: TaskReport, variant: Variant) -> str:
 
 
 def _quality_panel(ax, report: TaskReport, column, models: list[Variant], colours: dict, markers: dict) -> None:
-    """One quality metric vs FLOPs/token: the models (over their unflagged runs), the references as lines."""
+    """One quality metric vs FLOPs/token: the models (over their unflagged runs), the references as lines.
+    The y-axis spans the models' intervals and the bar, so that models a few percent apart stay apart; a
+    reference far outside it (a unigram at 10x the models' perplexity) is named in the corner instead."""
     for variant in models:
         _point(ax, report, column, variant, colours[_gating(variant)], markers[report.presets[variant]])
+    low, high = _quality_limits(report, column, models)
+    off_axis = []
     for name, ref in report.references.items():
-        if column.key in ref:
-            ax.axhline(ref[column.key], color="0.35", ls="--", lw=1, zorder=2)
-            ax.annotate(
-                f"{name} ({ref['role']})",
-                (0.01, ref[column.key]),
-                xycoords=("axes fraction", "data"),
-                fontsize=7,
-                color="0.25",
-                xytext=(0, 3),
-                textcoords="offset points",
-            )
+        if column.key not in ref:
+            continue
+        if not low <= ref[column.key] <= high:
+            off_axis.append(f"{name} ({ref['role']}): {ref[column.key]:.4g}")
+            continue
+        ax.axhline(ref[column.key], color="0.35", ls="--", lw=1, zorder=2)
+        ax.annotate(
+            f"{name} ({ref['role']})",
+            (0.01, ref[column.key]),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            color="0.25",
+            xytext=(0, 3),
+            textcoords="offset points",
+        )
+    ax.set_ylim(low, high)
+    if off_axis:
+        ax.text(
+            0.99,
+            0.98,
+            "off the axis:\n" + "\n".join(off_axis),
+            transform=ax.transAxes,
+            fontsize=7,
+            ha="right",
+            va="top",
+            color="0.25",
+            bbox={"fc": "white", "ec": "0.7", "alpha": 0.9},
+        )
     ax.set_xscale("log")
     ax.set_xlabel("realised forward FLOPs / token (log)")
     ax.set_ylabel(f"{column.label} ({'higher' if column.higher_is_better else 'lower'} is better)")
@@ -231,7 +254,23 @@ def _quality_panel(ax, report: TaskReport, column, models: list[Variant], colour
     ax.grid(alpha=0.3, which="both")
 
 
+def _quality_limits(report: TaskReport, column, models: list[Variant]) -> tuple[float, float]:
+    """The y-range of a quality panel: every model's 95% interval and the bar reference (the line that
+    decides the regime), padded by 8%; trivial and context references are drawn only where they fall in it."""
+    values = []
+    for variant in models:
+        q = report.cells[variant][column.key]
+        values += [q["mean"] - (q["ci95"] or 0.0), q["mean"] + (q["ci95"] or 0.0)]
+    values += [ref[column.key] for ref in report.references.values() if ref["role"] == "bar" and column.key in ref]
+    low, high = min(values), max(values)
+    pad = 0.08 * (high - low) or 0.05 * abs(high) or 1.0
+    return low - pad, high + pad
+
+
 def _point(ax, report: TaskReport, column, variant: Variant, colour, marker: str) -> None:
+    """One model: mean and 95% interval of quality and FLOPs/token. The legend names it (names beside the
+    points overlapped wherever variants share a FLOP count); only the marks ▼ (not ranked) and ▽ (out of
+    regime) are written beside it."""
     q, f = report.cells[variant][column.key], report.cells[variant]["flops_per_token"]
     ranked = report.ranked(variant)
     ax.errorbar(
@@ -246,15 +285,9 @@ def _point(ax, report: TaskReport, column, variant: Variant, colour, marker: str
         capsize=3,
         zorder=3,
     )
-    marks = ("" if ranked else " ▼") + (" ▽" if column == report.headline and report.out_of_regime(variant) else "")
-    ax.annotate(
-        variant.name + marks,
-        (f["mean"], q["mean"]),
-        fontsize=7,
-        xytext=(5, 4),
-        textcoords="offset points",
-        color="0.25",
-    )
+    marks = ("▼" if not ranked else "") + ("▽" if column == report.headline and report.out_of_regime(variant) else "")
+    if marks:
+        ax.annotate(marks, (f["mean"], q["mean"]), fontsize=8, xytext=(5, 4), textcoords="offset points", color="0.25")
 
 
 # ------------------------------------------------------------------ (3) expert load
