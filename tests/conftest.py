@@ -14,6 +14,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files with a slow test (marker `slow`: it runs dvc, a minute or more) first. The xdist workers take
+    whole files in collection order (--dist loadfile); a long file picked up last left one worker running
+    it alone for minutes, so the longest files start first and the short ones fill in around them."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group stays
+
+
 @pytest.fixture
 def repo_params() -> dict:
     return yaml.safe_load((ROOT / "params.yaml").read_text())

@@ -125,6 +125,7 @@ def stage_lock(lab: Path, stage: str) -> dict:
 
 
 # ---------------------------------------------------------------- interrupted dvc repro
+@pytest.mark.slow
 def test_interrupted_repro_resumes_from_its_last_checkpoint(lab):
     """Ctrl-C, then SIGKILL, of a `dvc repro` mid-training: DVC must not delete the checkpoints
     (persist), and the next `dvc repro` resumes from the last one instead of step 0."""
@@ -166,6 +167,7 @@ def test_changed_config_starts_fresh_and_dvc_caches_only_the_final_outputs(lab):
 
 
 # ---------------------------------------------------------------- results DVC vouches for
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["edited", "truncated", "truncated-routing"])
 def test_a_damaged_result_is_recomputed_and_the_report_stays(lab, damage):
     """A result changed behind DVC's back (an edited number, a file cut short) is an output that no longer
@@ -190,6 +192,7 @@ def test_a_damaged_result_is_recomputed_and_the_report_stays(lab, damage):
     assert "111" not in (lab / "metrics" / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_narrowed_study_averages_only_what_params_asks_for(tmp_path):
     """Seeds [0, 1] -> [0], tasks [lm, classification] -> [lm], fewer steps: the report shows exactly
     one seed of the new run per variant and no classification, however many old files are on disk."""

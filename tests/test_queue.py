@@ -55,6 +55,7 @@ def lab(tmp_path_factory) -> Path:
     subprocess.run("dvc queue stop", shell=True, cwd=repo, env=ENV, capture_output=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_two_queued_experiments_run_in_parallel_each_in_its_own_workspace(lab):
     before = digest(lab)
     out = sh("dvc exp run --queue exp -S 'router=linear,attention' -S top_k=1", lab)
