@@ -357,9 +357,13 @@ def recorded_outputs(lock: Path) -> set[str]:
 
 def stale_stages(status: dict, produced: set[str]) -> dict[str, list[str]]:
     """{stage: what differs} from `dvc status --json`: a changed command, a changed param, a changed
-    (or unrecorded) dependency that no stage produces (code, bundled corpora)."""
+    (or unrecorded) dependency that no stage produces (code, bundled corpora), or a changed fingerprint
+    (fingerprints/: produced by a stage but committed to git, so a fresh clone has it: a stage whose code
+    fingerprint moved on was not re-run with the committed code)."""
 
     def produced_by_a_stage(path: str) -> bool:
+        if path.startswith("fingerprints/"):
+            return False
         return any(path == out or path.startswith(out + "/") or out.startswith(path + "/") for out in produced)
 
     stale = {}
@@ -392,11 +396,13 @@ def test_stale_stages_reads_dvc_status():
         "benchmark": [{"changed deps": {"data/prepared": "deleted", "metrics/machine.json": "deleted"}}],
         "prepare@lm": [{"changed outs": {"data/prepared/lm": "not in cache"}}, "changed command"],
         "report": [{"changed deps": {"src/moelab/report": "new"}}],
+        "bench": [{"changed deps": {"fingerprints/code/bench.json": "modified"}}],
     }
-    produced = {"data/prepared/lm", "metrics/machine.json", "models/a"}
+    produced = {"data/prepared/lm", "metrics/machine.json", "models/a", "fingerprints/code"}
     assert stale_stages(status, produced) == {
         "train@a": ["src/moelab/moe modified"],
         "train@b": ["param lm.train modified"],
         "prepare@lm": ["its command"],
         "report": ["src/moelab/report new"],
+        "bench": ["fingerprints/code/bench.json modified"],
     }
