@@ -2,7 +2,6 @@
 
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,7 @@ from moelab.stats import (
     t_quantile,
     tost_equivalent,
 )
+from scriptload import load_script
 
 
 def test_t_quantile_matches_tables_and_large_df():
@@ -80,22 +80,13 @@ def test_least_squares_slope_by_hand():
         least_squares_slope([1, 1], [0.0, 1.0])
 
 
-def _script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_paired_gap_to_the_bar_by_hand():
     """scripts/classification_vs_bow.py: seeds' accuracy averaged per example, minus the bar's, on the same
     examples; a constant per-example gap has a zero-width interval, and a large sample's percentile interval
     is the normal one (mean +- 1.96 sd / sqrt(n))."""
     import numpy as np
 
-    paired_gap = _script("classification_vs_bow").paired_gap
+    paired_gap = load_script("classification_vs_bow").paired_gap
     model = np.array([[1, 0, 1, 1], [1, 1, 0, 1]], dtype=float)  # per example 1, .5, .5, 1
     bar = np.array([1, 1, 0, 0], dtype=float)  # differences 0, -.5, .5, 1 -> mean .25
     row = paired_gap(model, bar, resamples=500)
