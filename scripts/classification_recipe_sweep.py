@@ -25,10 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import yaml
+from tqdm.auto import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK, SIZE = "classification", "e8"
@@ -77,23 +78,13 @@ def short_run(params: dict, steps: int) -> dict:
 def train(workdir: Path, data_dir: Path) -> float:
     """Train the e8 base of workdir/params.yaml into workdir/models (one torch thread); its wall seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "moelab",
-        "pretrain",
-        "--quiet",
-        "--task",
-        TASK,
-        "--model",
-        SIZE,
-        "--params",
-        "params.yaml",
-    ]
+    arguments = f"pretrain --quiet --task {TASK} --model {SIZE} --params params.yaml".split()
+    arguments += ["--data-dir", str(data_dir)]  # a path may hold spaces
     start = time.perf_counter()
-    done = subprocess.run([*command, "--data-dir", str(data_dir)], cwd=workdir, env=env, capture_output=True, text=True)
+    command = [sys.executable, "-m", "moelab", *arguments]
+    done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     if done.returncode:
-        raise SystemExit(f"{workdir.name}: `moelab {' '.join(command[3:])}` failed:\n{done.stdout}{done.stderr}")
+        raise SystemExit(f"{workdir.name}: `moelab {' '.join(arguments)}` failed:\n{done.stdout}{done.stderr}")
     return time.perf_counter() - start
 
 
@@ -123,8 +114,11 @@ def sweep(recipes: list[str], params: dict, data_dir: Path, scratch: Path, jobs:
         (scratch / name / "params.yaml").write_text(
             yaml.safe_dump(with_changes(params, RECIPES[name]), sort_keys=False)
         )
+    walls = {}
     with ThreadPoolExecutor(jobs) as pool:  # each a process of its own, one torch thread
-        walls = dict(zip(recipes, pool.map(lambda name: train(scratch / name, data_dir), recipes)))
+        futures = {pool.submit(train, scratch / name, data_dir): name for name in recipes}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="bases trained", unit="base"):
+            walls[futures[future]] = future.result()
     return {name: {"wall_s": walls[name], **validation_scores(scratch / name, data_dir)} for name in recipes}
 
 

@@ -69,3 +69,12 @@ def test_a_short_sweep_trains_and_scores_each_recipe(prepared, tmp_path, repo_pa
     for row in rows.values():
         assert 0 <= row["best_val_accuracy"] <= 1 and 0 <= row["last_val_accuracy"] <= 1 and row["best_val_loss"] > 0
     assert "dropout-0.2" in capsys.readouterr().out
+
+
+def test_a_recipe_moelab_refuses_stops_the_sweep_naming_it(prepared, tmp_path, repo_params, monkeypatch):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(repo_params, sort_keys=False))
+    monkeypatch.setitem(sweep.RECIPES, "dropout-2", {f"{sweep.TASK}.models.{sweep.SIZE}.dropout": 2.0})
+    argv = ["--params", str(params), "--data-dir", str(prepared("classification")), "--steps", "4"]
+    with pytest.raises(SystemExit, match="dropout-2: `moelab pretrain .*` failed:(.|\\n)*dropout"):
+        sweep.main([*argv, "--only", "dropout-2"])
