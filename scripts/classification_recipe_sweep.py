@@ -143,7 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     recipes = args.only or list(RECIPES)
     with tempfile.TemporaryDirectory(prefix="moelab-sweep-") as scratch:
         rows = sweep(recipes, params, data_dir, Path(scratch), args.jobs)
-    bar = json.loads((ROOT / "metrics" / "study" / TASK / "references.json").read_text())["bow-logreg"]
+    from moelab.io import read_json
+    from moelab.study import references_path
+
+    bar = read_json(ROOT / references_path(TASK), "run `dvc repro` or `dvc pull`")["bow-logreg"]
     print(f"validation accuracy of the {SIZE} base (bag-of-words: {bar['val_accuracy']:.4f} on the same texts)")
     print(f"{'recipe':<22}{'best.pt':>9}{'last':>9}{'best val loss':>15}{'wall s':>8}")
     for name, row in rows.items():
