@@ -47,6 +47,8 @@ def test_every_recipe_changes_the_base_run_exactly_where_it_says(repo_params):
         "lr-0.004": {"train.lr"},
         "batch-64": {"train.batch_size"},
         "one-layer": {"model.n_layers"},
+        **{f"vocab-{size}": {"data.vocab_size"} for size in (2048, 4096, 16384)},
+        **{f"vocab-{size}-seed1": {"data.vocab_size", "seed"} for size in (2048, 4096, 16384)},
     }
     assert set(sweep.RECIPES) == set(expected)
     for name, changes in sweep.RECIPES.items():
@@ -78,3 +80,37 @@ def test_a_recipe_moelab_refuses_stops_the_sweep_naming_it(prepared, tmp_path, r
     argv = ["--params", str(params), "--data-dir", str(prepared("classification")), "--steps", "4"]
     with pytest.raises(SystemExit, match="dropout-2: `moelab pretrain .*` failed:(.|\\n)*dropout"):
         sweep.main([*argv, "--only", "dropout-2"])
+
+
+def test_a_vocabulary_recipe_trains_on_data_of_its_own_prepared_once(tmp_path, repo_params, monkeypatch):
+    """A recipe that changes classification.data prepares that data (once for a vocabulary and its second
+    seed), trains on it and scores bag-of-words on it; a recipe that does not keeps the given data and the
+    committed bar. Small corpus (300 texts) so that it runs in seconds."""
+    from moelab.cli import main as moelab_main
+
+    small = sweep.with_changes(repo_params, {f"{sweep.TASK}.data.max_records": 300, sweep.VOCAB: 256})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(small, sort_keys=False))
+    data_dir = tmp_path / "data"
+    assert moelab_main(["prepare", "--task", sweep.TASK, "--params", str(params), "--out", str(data_dir)]) == 0
+    monkeypatch.setitem(sweep.RECIPES, "vocab-300", {sweep.VOCAB: 300})
+    monkeypatch.setitem(sweep.RECIPES, "vocab-300-seed1", {sweep.VOCAB: 300, "base.seed": 1})
+    prepared_vocabularies = []
+    own_data = sweep.own_data
+
+    def recording(workdir):
+        own_data(workdir)
+        prepared_vocabularies.append(
+            json.loads((workdir / "data" / "manifest.json").read_text())["stats"]["vocab_size"]
+        )
+
+    monkeypatch.setattr(sweep, "own_data", recording)
+    out = tmp_path / "rows.json"
+    argv = ["--params", str(params), "--data-dir", str(data_dir), "--steps", "4", "--json", str(out)]
+    assert sweep.main([*argv, "--only", "baseline", "vocab-300", "vocab-300-seed1"]) == 0
+    rows = json.loads(out.read_text())
+    assert prepared_vocabularies == [300]
+    committed = json.loads((sweep.ROOT / "metrics/study/classification/references.json").read_text())
+    assert rows["baseline"]["bow_val_accuracy"] == committed["bow-logreg"]["val_accuracy"]
+    assert rows["vocab-300"]["bow_val_accuracy"] == rows["vocab-300-seed1"]["bow_val_accuracy"]
+    assert 0 <= rows["vocab-300"]["bow_val_accuracy"] <= 1 and rows["vocab-300"]["best_val_loss"] > 0
