@@ -1,7 +1,7 @@
 """The README's promises on the pipeline path (`dvc repro`, `dvc exp run`), in a throwaway git + DVC
 project (tests/labrepo.py): an interrupted `dvc repro` resumes from its last checkpoint, a changed
 config starts fresh (old checkpoints moved aside, one line), DVC caches exactly the final outputs; an
-edited or truncated result is recomputed, a narrowed study averages only what params.yaml asks for; a
+edited or truncated result is recomputed (a narrowed study: tests/test_pipeline.py, on its lab); a
 bad value (a data source, an empty or shell-laden study list, a bad experiment key) changes no file and
 creates no directory, and nothing it holds reaches a shell; and the repository's own lock files were
 produced by the committed code and params.
@@ -190,32 +190,6 @@ def test_a_damaged_result_is_recomputed_and_the_report_stays(lab, damage):
     assert result.read_bytes() == true
     assert (lab / "metrics" / "summary.md").read_bytes() == summary
     assert "111" not in (lab / "metrics" / "summary.md").read_text()
-
-
-@pytest.mark.slow
-def test_a_narrowed_study_averages_only_what_params_asks_for(tmp_path):
-    """Seeds [0, 1] -> [0], tasks [lm, classification] -> [lm], fewer steps: the report shows exactly
-    one seed of the new run per variant and no classification, however many old files are on disk."""
-    from labrepo import ONE_CELL, shrink
-
-    def shape(params):
-        params.update(ONE_CELL, tasks=["lm", "classification"], seeds=[0, 1])
-        return shrink(params, ["lm", "classification"])
-
-    lab = make_lab(tmp_path / "lab", sh, shape)
-    sh("dvc repro", lab)
-    set_params(lab, lambda p: (p.update(seeds=[0], tasks=["lm"]), p["lm"]["train"].update(steps=4)))
-    sh("dvc repro", lab)
-    summary = json.loads((lab / "metrics" / "summary.json").read_text())
-    headline = json.loads((lab / "metrics" / "study.json").read_text())
-    assert set(headline) == {"lm"} and "classification" not in json.dumps(summary)
-    for variant in ("linear-softmax-top2-e8", "dense"):
-        assert headline["lm"][variant]["n"] == 1
-        evaluation = json.loads((lab / "metrics" / "study" / "lm" / variant / "eval" / "s0.json").read_text())
-        assert headline["lm"][variant]["test_ppl"] == pytest.approx(evaluation["test_ppl"], rel=1e-5)
-        trained = json.loads((lab / "metrics" / "study" / "lm" / variant / "train" / "s0.json").read_text())
-        assert trained["steps"] == 4
-        assert not (lab / "metrics" / "study" / "lm" / variant / "eval" / "s1.json").exists()
 
 
 # ---------------------------------------------------------------- a bad value

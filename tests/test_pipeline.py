@@ -2,7 +2,7 @@
 (fingerprints/code/<kind>.json, lists in moelab/stages.py), so editing report or benchmark code
 re-runs no training; a cell whose evaluation alone changed re-evaluates without retraining;
 bytecode, caches and editor files are never dependencies; the machine fingerprint is cheap and
-stable.
+stable; a narrowed study averages only what params.yaml asks for.
 
 One throwaway lab (a tiny cell of every task) is reproduced once with a `moelab` on PATH that
 records the modules each command really imported (tests/labrepo.py install_shim).
@@ -222,3 +222,33 @@ def test_machine_fingerprint_is_stable_and_changes_with_the_threads(tmp_path):
     stamp = out.stat().st_mtime_ns
     assert machine("1") == first and out.stat().st_mtime_ns == stamp, "same machine: the file is left alone"
     assert json.loads(machine("2"))["omp_num_threads"] == "2" and out.read_text() != first
+
+
+@pytest.mark.slow
+def test_a_narrowed_study_averages_only_what_params_asks_for(lab):
+    """Tasks [lm, summarization, classification] -> [lm] with seeds [0] -> [0, 1], then seeds -> [0] with
+    fewer steps: the report shows exactly one seed of the new run per variant and no other task, however
+    many old files are on disk. It narrows the lab for good, so it is this file's last test."""
+    repo, _ = lab
+    params_file = repo / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params.update(tasks=["lm"], seeds=[0, 1])
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("dvc repro", repo)
+    headline = json.loads((repo / "metrics" / "study.json").read_text())
+    assert [headline["lm"][variant]["n"] for variant in ("linear-softmax-top2-e8", "dense")] == [2, 2]
+    params["seeds"] = [0]
+    params["lm"]["train"]["steps"] = 4
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("dvc repro", repo)
+    summary = json.loads((repo / "metrics" / "summary.json").read_text())
+    headline = json.loads((repo / "metrics" / "study.json").read_text())
+    assert set(headline) == {"lm"}
+    assert "classification" not in json.dumps(summary) and "summarization" not in json.dumps(summary)
+    for variant in ("linear-softmax-top2-e8", "dense"):
+        assert headline["lm"][variant]["n"] == 1
+        runs = repo / "metrics" / "study" / "lm" / variant
+        evaluation = json.loads((runs / "eval" / "s0.json").read_text())
+        assert headline["lm"][variant]["test_ppl"] == pytest.approx(evaluation["test_ppl"], rel=1e-5)
+        assert json.loads((runs / "train" / "s0.json").read_text())["steps"] == 4
+        assert not (runs / "eval" / "s1.json").exists()
