@@ -122,27 +122,28 @@ def moelab(arguments: list[str], cwd: Path, what: str) -> None:
         raise SystemExit(f"{what}: `moelab {' '.join(arguments)}` failed:\n{done.stdout}{done.stderr}")
 
 
-def own_data(workdir: Path) -> None:
-    """Prepare the data of workdir/params.yaml into workdir/data and score its references (bag-of-words
-    among them) into workdir/references.json."""
-    moelab(["prepare", "--task", TASK, "--params", "params.yaml", "--out", "data"], workdir, workdir.name)
-    references = ["references", "--task", TASK, "--params", "params.yaml", "--data-dir", "data"]
-    moelab([*references, "--out", "references.json"], workdir, workdir.name)
+def own_data(workdir: Path, params_file: Path) -> None:
+    """Prepare the data of `params_file` into workdir/data and score its references (bag-of-words among
+    them) into workdir/references.json."""
+    params = ["--task", TASK, "--params", str(params_file)]
+    moelab(["prepare", *params, "--out", "data"], workdir, workdir.name)
+    moelab(["references", *params, "--data-dir", "data", "--out", "references.json"], workdir, workdir.name)
 
 
-def data_of(name: str, params: dict, data_dir: Path, bar: float, scratch: Path) -> tuple[Path, float]:
-    """The data a recipe trains on and bag-of-words' validation accuracy there: the given data unless the
-    recipe changes `classification.data`; then data of its own, shared by recipes with the same data params
-    (a vocabulary and its second seed prepare once)."""
-    data_params = with_changes(params, RECIPES[name])[TASK]["data"]
+def data_of(recipe: Path, params: dict, data_dir: Path, bar: float, scratch: Path) -> tuple[Path, float]:
+    """The data the recipe of `recipe`/params.yaml trains on and bag-of-words' validation accuracy there:
+    the given data unless the recipe changes `classification.data`; then data of its own, shared by recipes
+    with the same data params (a vocabulary and its second seed prepare once)."""
+    from moelab.io import read_json
+
+    data_params = yaml.safe_load((recipe / "params.yaml").read_text())[TASK]["data"]
     if data_params == params[TASK]["data"]:
         return data_dir, bar
     workdir = scratch / "data" / hashlib.sha256(json.dumps(data_params, sort_keys=True).encode()).hexdigest()[:12]
     if not (workdir / "references.json").exists():
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "params.yaml").write_text(yaml.safe_dump(with_changes(params, RECIPES[name]), sort_keys=False))
-        own_data(workdir)
-    return workdir / "data", json.loads((workdir / "references.json").read_text())["bow-logreg"]["val_accuracy"]
+        own_data(workdir, recipe / "params.yaml")
+    return workdir / "data", read_json(workdir / "references.json")["bow-logreg"]["val_accuracy"]
 
 
 def sweep(recipes: list[str], params: dict, data_dir: Path, bar: float, scratch: Path, jobs: int) -> dict[str, dict]:
@@ -152,7 +153,7 @@ def sweep(recipes: list[str], params: dict, data_dir: Path, bar: float, scratch:
         (scratch / name / "params.yaml").write_text(
             yaml.safe_dump(with_changes(params, RECIPES[name]), sort_keys=False)
         )
-        data[name] = data_of(name, params, data_dir, bar, scratch)
+        data[name] = data_of(scratch / name, params, data_dir, bar, scratch)
     walls = {}
     with ThreadPoolExecutor(jobs) as pool:  # each a process of its own, one torch thread
         futures = {pool.submit(train, scratch / name, data[name][0]): name for name in recipes}

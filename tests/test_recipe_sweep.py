@@ -98,8 +98,8 @@ def test_a_vocabulary_recipe_trains_on_data_of_its_own_prepared_once(tmp_path, r
     prepared_vocabularies = []
     own_data = sweep.own_data
 
-    def recording(workdir):
-        own_data(workdir)
+    def recording(workdir, params_file):
+        own_data(workdir, params_file)
         prepared_vocabularies.append(
             json.loads((workdir / "data" / "manifest.json").read_text())["stats"]["vocab_size"]
         )
