@@ -14,7 +14,6 @@ Exits 1 when params.yaml's steps differ from the rule's pick for a task.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,13 +24,14 @@ FLOOR = 100  # below 100 steps a fresh router is still untrained (scale/params.y
 MIN_GAIN_NATS = 0.02  # 2 % perplexity
 
 
-def losses_by_variant(runs: list[dict]) -> dict[str, dict[int, float]]:
-    """{variant: {steps: validation loss}} of a task's fine-tune runs (named finetune-<variant>-<steps>)."""
-    out: dict[str, dict[int, float]] = {}
-    for run in runs:
-        variant = run["name"].removeprefix("finetune-").removesuffix(f"-{run['steps']}")
-        out.setdefault(variant, {})[int(run["steps"])] = float(run["val_loss"])
-    return out
+def losses_by_variant(frame, task: str) -> dict[str, dict[int, float]]:
+    """{variant: {steps: validation loss}} of a task's fine-tune runs, from moelab.scale_report.runs_frame
+    (which names each run back into its variant)."""
+    tuned = frame[(frame["task"] == task) & (frame["kind"] == "finetune")]
+    return {
+        variant: dict(zip(group["steps"].astype(int), group["val_loss"].astype(float), strict=True))
+        for variant, group in tuned.groupby("variant", sort=False)
+    }
 
 
 def gains_from_doubling(losses: dict[str, dict[int, float]], budget: int) -> dict[str, float]:
@@ -57,13 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = yaml.safe_load(Path(args.scale_params).read_text())
     params = yaml.safe_load(Path(args.params).read_text())
-    disagree = []
     for task in spec["task_names"]:
         path = Path(args.metrics_dir) / f"{task}-finetune.json"
         if not path.exists():
             parser.error(f"{path}: no fine-tune curve; run `dvc repro scale/dvc.yaml` or `dvc pull`")
+    sys.path.insert(0, str(ROOT / "src"))
+    from moelab.scale_report import runs_frame
+
+    frame = runs_frame(Path(args.metrics_dir))
+    disagree = []
+    for task in spec["task_names"]:
         budgets = [int(b) for b in spec["tasks"][task]["finetune"]]
-        chosen, tried = pick(losses_by_variant(json.loads(path.read_text())["runs"]), budgets)
+        chosen, tried = pick(losses_by_variant(frame, task), budgets)
         used = params[task]["train"]["steps"]
         print(f"{task}: the rule picks {chosen} steps; params.yaml {task}.train.steps = {used}")
         for budget, gains in tried.items():

@@ -6,6 +6,7 @@ import json
 import pytest
 import yaml
 
+from moelab.scale_report import runs_frame
 from scriptload import load_script
 
 rule = load_script("finetune_rule")
@@ -21,19 +22,25 @@ def _runs(curves: dict[str, list[float]]) -> list[dict]:
     ]
 
 
-def test_the_rule_takes_the_first_budget_from_100_whose_doubling_gains_under_002_nats_for_every_variant():
+def _losses(tmp_path, curves: dict[str, list[float]]) -> dict[str, dict[int, float]]:
+    """The curves written as a task's fine-tune file and read back as the script reads them."""
+    (tmp_path / "t-finetune.json").write_text(json.dumps({"task": "t", "runs": _runs(curves)}))
+    return rule.losses_by_variant(runs_frame(tmp_path), "t")
+
+
+def test_the_rule_takes_the_first_budget_from_100_whose_doubling_gains_under_002_nats_for_every_variant(tmp_path):
     # 100 -> 200: a gains 0.03 (too much); 200 -> 400: a gains 0.019, b 0.0 -> 200
-    losses = rule.losses_by_variant(_runs({"a": [3.0, 2.9, 2.10, 2.07, 2.051], "b-top2": [3.0, 2.9, 2.0, 2.0, 2.0]}))
+    losses = _losses(tmp_path, {"a": [3.0, 2.9, 2.10, 2.07, 2.051], "b-top2": [3.0, 2.9, 2.0, 2.0, 2.0]})
     assert set(losses) == {"a", "b-top2"} and losses["b-top2"][400] == 2.0
     chosen, tried = rule.pick(losses, BUDGETS)
     assert chosen == 200 and list(tried) == [100, 200]
     assert abs(tried[100]["a"] - 0.03) < 1e-12 and abs(tried[200]["a"] - 0.019) < 1e-12
     # 25 -> 50 gains 0.1 but lies below the floor, so it is never looked at
-    assert rule.pick(rule.losses_by_variant(_runs({"a": [3.0, 2.9, 2.9, 2.9, 2.9]})), BUDGETS)[0] == 100
+    assert rule.pick(_losses(tmp_path, {"a": [3.0, 2.9, 2.9, 2.9, 2.9]}), BUDGETS)[0] == 100
 
 
-def test_no_budget_stops_improving_gives_the_largest():
-    losses = rule.losses_by_variant(_runs({"a": [3.0, 2.9, 2.5, 2.4, 2.3]}))
+def test_no_budget_stops_improving_gives_the_largest(tmp_path):
+    losses = _losses(tmp_path, {"a": [3.0, 2.9, 2.5, 2.4, 2.3]})
     assert rule.pick(losses, BUDGETS) == (400, {100: {"a": 0.10000000000000009}, 200: {"a": 0.10000000000000009}})
 
 
