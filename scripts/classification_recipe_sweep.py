@@ -130,13 +130,13 @@ def own_data(workdir: Path, params_file: Path) -> None:
     moelab(["references", *params, "--data-dir", "data", "--out", "references.json"], workdir, workdir.name)
 
 
-def data_of(recipe: Path, params: dict, data_dir: Path, bar: float, scratch: Path) -> tuple[Path, float]:
-    """The data the recipe of `recipe`/params.yaml trains on and bag-of-words' validation accuracy there:
-    the given data unless the recipe changes `classification.data`; then data of its own, shared by recipes
-    with the same data params (a vocabulary and its second seed prepare once)."""
+def data_of(recipe: Path, changed: dict, params: dict, data_dir: Path, bar: float, scratch: Path) -> tuple[Path, float]:
+    """The data the recipe (its params `changed`, written to `recipe`/params.yaml) trains on and bag-of-words'
+    validation accuracy there: the given data unless the recipe changes `classification.data`; then data of
+    its own, shared by recipes with the same data params (a vocabulary and its second seed prepare once)."""
     from moelab.io import read_json
 
-    data_params = yaml.safe_load((recipe / "params.yaml").read_text())[TASK]["data"]
+    data_params = changed[TASK]["data"]
     if data_params == params[TASK]["data"]:
         return data_dir, bar
     workdir = scratch / "data" / hashlib.sha256(json.dumps(data_params, sort_keys=True).encode()).hexdigest()[:12]
@@ -149,11 +149,10 @@ def data_of(recipe: Path, params: dict, data_dir: Path, bar: float, scratch: Pat
 def sweep(recipes: list[str], params: dict, data_dir: Path, bar: float, scratch: Path, jobs: int) -> dict[str, dict]:
     data = {}
     for name in tqdm(recipes, desc="data prepared", unit="recipe"):
+        changed = with_changes(params, RECIPES[name])
         (scratch / name).mkdir(parents=True, exist_ok=True)
-        (scratch / name / "params.yaml").write_text(
-            yaml.safe_dump(with_changes(params, RECIPES[name]), sort_keys=False)
-        )
-        data[name] = data_of(scratch / name, params, data_dir, bar, scratch)
+        (scratch / name / "params.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+        data[name] = data_of(scratch / name, changed, params, data_dir, bar, scratch)
     walls = {}
     with ThreadPoolExecutor(jobs) as pool:  # each a process of its own, one torch thread
         futures = {pool.submit(train, scratch / name, data[name][0]): name for name in recipes}
