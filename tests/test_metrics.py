@@ -78,7 +78,11 @@ def test_lead_n_is_chosen_on_validation_and_scored_on_test(tmp_path, params_file
     from moelab.tasks import build_task
     from moelab.tasks.summarization import LEAD_MAX_WORDS, lead_words
 
-    params = load_params(params_file(lambda d: d["summarization"]["data"].update(max_records=300, vocab_size=300)))
+    def small(d):  # 64 evaluated pairs per split: 30 candidate Ns x the split's ROUGE is the test's cost
+        d["summarization"]["data"].update(max_records=300, vocab_size=300)
+        d["summarization"]["evaluate"].update(batch_size=64, max_batches=1)
+
+    params = load_params(params_file(small))
     prepare("summarization", params.summarization.data, tmp_path / "data")
     task = build_task(resolve_run(params, task="summarization", dense=True), tmp_path / "data")
     refs = task.references()
@@ -95,3 +99,4 @@ def test_lead_n_is_chosen_on_validation_and_scored_on_test(tmp_path, params_file
         rouge_scores([lead_words(d, n) for d in docs], summaries)["rougeL"]
     )
     assert refs[median]["val_rougeL"] <= refs[tuned]["val_rougeL"]
+    assert refs[tuned]["val_examples"] == refs[tuned]["test_examples"] == len(docs) == 64
