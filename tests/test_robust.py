@@ -904,6 +904,11 @@ BAD = [
 ]
 
 
+# A case that names a task (`--task`) runs all three seeds of params.yaml side by side, as a study stage does: two
+# of them in spawned processes (moelab/parallel.py), about 2 s of start-up and imports per case. These cases keep
+# that path (one line, however many runs fail at once); the other in-process ones run the seeds one at a time
+# (`--jobs 1`), where the first run's failure ends the command with the same line.
+SIDE_BY_SIDE = {"token-id-negative", "missing-tokenizer", "cls-test-texts-missing", "cls-token-id-out-of-range"}
 SUBPROCESS = {
     "prepare-hub-offline",
     "truncated-latest-train",
@@ -912,6 +917,12 @@ SUBPROCESS = {
     "corpus-truncated-xz",
     "prepare-bad-jsonl-line",
 }
+
+
+def test_the_path_sets_name_real_cases():
+    """A misspelt name in SIDE_BY_SIDE or SUBPROCESS would silently move its case to the in-process path."""
+    names = {case for case, *_ in BAD}
+    assert (SIDE_BY_SIDE | SUBPROCESS) - names == set()
 
 
 def _moelab(argv, env, cwd, subprocess_, monkeypatch, capfd) -> tuple[int, str]:
@@ -952,6 +963,8 @@ def test_bad_input_one_clear_line_nothing_lost(trained, tmp_path, case, setup, w
         argv = ["prepare", "--task", "lm", "--params", str(params), *extra[1:]]
     else:
         argv = cli(stage, params, work, "--quiet", *extra[1:], data=opts.get("data", DATA))[3:]
+        if stage in ("train", "pretrain", "evaluate") and case not in SIDE_BY_SIDE | SUBPROCESS:
+            argv += ["--jobs", "1"]
     rc, stderr = _moelab(argv, env, tmp_path, case in SUBPROCESS, monkeypatch, capfd)
     lines = stderr.strip().splitlines()
     assert rc == 2, stderr
