@@ -127,7 +127,8 @@ def test_prepare_pretrain_train_evaluate_through_the_cli(tiny_params, tmp_path, 
     monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
     assert main(["prepare", "--task", task, "--out", str(data), "--params", str(tiny_params)]) == 0
-    assert main(["pretrain", "--task", task, "--quiet", "--params", str(tiny_params), "--data-dir", str(data)]) == 0
+    pretrain = ["pretrain", "--task", task, "--quiet", "--params", str(tiny_params), "--data-dir", str(data)]
+    assert main([*pretrain, "--jobs", "1"]) == 0  # one after another: the side-by-side path is the pipeline tests'
     assert (tmp_path / "models" / "base" / task / "e8" / "best.pt").is_file()
     assert (tmp_path / "models" / "base" / task / "dense" / "best.pt").is_file()
     cell = [
