@@ -447,9 +447,7 @@ def test_the_committed_full_size_run_trained_both_published_sizes():
         rows = metrics[model]["variants"]
         assert rows, model
         config = published_config(n_experts)
-        sparse_layers = config.num_layers // config.encoder_sparse_step + (
-            config.num_decoder_layers // config.decoder_sparse_step
-        )
+        sparse_layers = config.num_sparse_encoder_layers + config.num_sparse_decoder_layers
         for variant, row in rows.items():
             # an attention router's expert embeddings take the place of the linear router's weight; its query
             # projection (d_model x d_model in each sparse layer) comes on top
